@@ -1,0 +1,47 @@
+# The README's two commands are `make demo` and `make test`. Each creates .venv (unless a
+# virtualenv is already active) and installs the pinned CPU torch wheel before anything else:
+# an unpinned torch would pull gigabytes of CUDA builds.
+SHELL := /bin/bash
+PYTHON ?= python3
+TORCH_PIN ?= torch==2.13.0
+
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lrag-installed
+
+.PHONY: setup demo test sample-data bench assets clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job on the embedded default.
+demo: $(STAMP)
+	$(BIN)/lrag predict --config configs/predict/demo.yaml
+
+## The whole test suite (CI runs exactly this through .ci/run).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Regenerate the small shipped sample shard set in data/ (deterministic).
+sample-data: $(STAMP)
+	rm -rf data/sample
+	$(BIN)/lrag data synth data/sample --clips 6 --frames 24 --height 8 --width 8 --shard-size 3 --seed 0
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/embedder_fit.py
+	$(BIN)/python benchmarks/predict_cpu.py
+
+clean:
+	rm -rf runs lightning_logs .pytest_cache

@@ -1,0 +1,1 @@
+"""Latent shards (WebDataset), procedural data and LightningDataModules."""

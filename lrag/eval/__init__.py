@@ -1,0 +1,1 @@
+"""A/B evaluation of retrieval: torchmetrics Metrics and reports."""

@@ -1,0 +1,1 @@
+"""LightningModules (what is trained or sampled) and the plain pieces they compose."""
