@@ -1,0 +1,333 @@
+"""The frame embedder: a convolutional autoencoder over single latent frames.
+
+The encoder turns one latent frame ``[C, H, W]`` into a descriptor ``[D]`` used for cosine
+retrieval; the decoder only exists to train it (reconstruction keeps descriptors informative).
+Module and parameter names follow the reference ``ae/model.py`` so its ``ae_latent_mem.pt``
+checkpoints load without renaming:
+
+* encoder ``conv_stack``: per level ``[Conv s2, GroupNorm, SiLU, ResBlock]``; then
+  ``final_norm`` ``[GroupNorm, SiLU]``, global average pooling and ``fc``.
+* decoder ``fc`` ``[Linear, SiLU]``, reshape to the bottleneck, ``upsample_stack`` per level
+  ``[Upsample x2, Conv, GroupNorm, SiLU, ResBlock]``, ``final`` ``[Upsample x2, Conv]`` and a
+  crop to the input size (a stride-2 encoder rounds odd sizes up, so the decoder overshoots).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: safetensors metadata key holding the model kind, and the kind of an exported embedder.
+KIND_KEY = "lrag_kind"
+EMBEDDER_KIND = "embedder"
+#: Lightning checkpoint key where ``EmbedderModule`` records the net's ``AEConfig``.
+CKPT_CONFIG_KEY = "embedder_config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read safely or does not fit the model."""
+
+
+@dataclass
+class AEConfig:
+    """Frame-embedder hyper-parameters, with the reference ``AEConfig`` field names.
+
+    Attributes:
+        in_channels: Latent channels per frame (Wan2.1 VAE: 16).
+        spatial_h: Latent frame height; the decoder crops its output to it.
+        spatial_w: Latent frame width.
+        latent_dim: Descriptor size D; it is also the memory table's vector width.
+        hidden_dims: Channels per stride-2 level; the number of levels is its length.
+        seq_len: Frames per training clip (the temporal losses need at least 2).
+        delta_margin: Cosine similarity above which the temporal delta loss penalises.
+        delta_weight: Weight of the Window Temporal Delta loss.
+        delta_window: Largest temporal offset w compared by the delta loss.
+        smooth_weight: Weight of the second-difference smoothness loss.
+    """
+
+    in_channels: int = 16
+    spatial_h: int = 60
+    spatial_w: int = 104
+    latent_dim: int = 1024
+    hidden_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    seq_len: int = 8
+    delta_margin: float = 0.85
+    delta_weight: float = 1.0
+    delta_window: int = 3
+    smooth_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AEConfig":
+        """Build from a dict that may carry extra (training-only) fields, as the reference does.
+
+        Args:
+            data: Field values; keys that are not ``AEConfig`` fields are ignored.
+            source: Where ``data`` came from, for error messages.
+        """
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: config must be a dict, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        cfg.hidden_dims = [int(h) for h in cfg.hidden_dims]
+        if not cfg.hidden_dims:
+            raise CheckpointError(f"{source}: hidden_dims is empty; give at least one level")
+        return cfg
+
+
+def _num_groups(channels: int, preferred: int = 32) -> int:
+    """GroupNorm group count: the first of (preferred, 16, 8, 4, 1) that divides ``channels``."""
+    for groups in (preferred, 16, 8, 4, 1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_num_groups(channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block ``x + Conv(SiLU(GN(Conv(SiLU(GN(x))))))``.
+
+    Args:
+        dim: Channels in and out.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+            _norm(dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x + self.block(x)
+
+
+def bottleneck_shape(cfg: AEConfig) -> tuple[int, int, int]:
+    """Encoder feature shape ``(C', H', W')`` before pooling: each level halves, rounding up."""
+    h, w = cfg.spatial_h, cfg.spatial_w
+    for _ in cfg.hidden_dims:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return cfg.hidden_dims[-1], h, w
+
+
+class Encoder(nn.Module):
+    """``[N, C, H, W] -> [N, D]`` raw (un-normalised) embedding."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = cfg.in_channels
+        for hidden in cfg.hidden_dims:
+            layers += [nn.Conv2d(ch, hidden, 3, stride=2, padding=1), _norm(hidden), nn.SiLU()]
+            layers.append(ResBlock(hidden))
+            ch = hidden
+        self.conv_stack = nn.Sequential(*layers)
+        self.final_norm = nn.Sequential(_norm(ch), nn.SiLU())
+        self.fc = nn.Linear(ch, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        h = self.final_norm(self.conv_stack(x))  # (N, C', H', W')
+        return self.fc(h.mean(dim=(2, 3)))  # (N, D)
+
+
+class Decoder(nn.Module):
+    """``[N, D] -> [N, C, H, W]``: nearest upsampling + conv (no checkerboard), then a crop."""
+
+    def __init__(self, cfg: AEConfig) -> None:
+        super().__init__()
+        self.feat_shape = bottleneck_shape(cfg)
+        self.out_hw = (cfg.spatial_h, cfg.spatial_w)
+        c, h, w = self.feat_shape
+        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, c * h * w), nn.SiLU())
+        rev = list(reversed(cfg.hidden_dims))
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(rev[:-1], rev[1:]):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1)]
+            layers += [_norm(c_out), nn.SiLU(), ResBlock(c_out)]
+        self.upsample_stack = nn.Sequential(*layers)
+        self.final = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(rev[-1], cfg.in_channels, 3, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        c, h, w = self.feat_shape
+        x = rearrange(self.fc(z), "n (c h w) -> n c h w", c=c, h=h, w=w)
+        x = self.final(self.upsample_stack(x))  # (N, C, 2^L H', 2^L W') >= (H, W)
+        return x[:, :, : self.out_hw[0], : self.out_hw[1]]
+
+
+class LatentAE(nn.Module):
+    """Frame autoencoder; ``encode`` gives the L2-normalised retrieval descriptor.
+
+    Args:
+        config: Architecture and loss settings; ``None`` means the reference defaults
+            (16 channels, 60x104, hidden [64, 128, 256], latent 1024).
+    """
+
+    def __init__(self, config: AEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else AEConfig()
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Residual branches start at zero so every ResBlock begins as the identity.
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                nn.init.zeros_(m.block[-1].weight)
+                nn.init.zeros_(m.block[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruct frames.
+
+        Args:
+            x: Frames ``[N, C, H, W]`` (N = B*T, batch-major).
+
+        Returns:
+            ``(recon [N, C, H, W], z_raw [N, D])``; the losses use the raw embedding.
+        """
+        z = self.encoder(x)
+        return self.decoder(z), z
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised descriptors ``[N, D]`` of frames ``x`` ``[N, C, H, W]``."""
+        return F.normalize(self.encoder(x), dim=-1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors that say what to do.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: The file needs full unpickling (arbitrary code) or is not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
+            f"failed: {str(err).splitlines()[0]}). If you trust the file, convert it once with "
+            "tensors and plain types only, e.g. in Python: ckpt = torch.load(p, weights_only=False); "
+            "torch.save({'model': ckpt['model'] (a state_dict), 'config': dict(ckpt['config'])}, "
+            "'converted.pt')"
+        ) from err
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if keys:
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__} built from its config; "
+            + "; ".join(parts) + ". Check that the file is an embedder checkpoint of this config."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def embedder_from_checkpoint(ckpt: dict[str, Any], source: str) -> LatentAE:
+    """Build a ``LatentAE`` from an already-read checkpoint dict.
+
+    Accepts the reference format ``{"model": state_dict, "config": dict}`` and Lightning
+    checkpoints of ``EmbedderModule`` (``state_dict`` with ``net.`` prefix + ``embedder_config``).
+    """
+    if CKPT_CONFIG_KEY in ckpt and "state_dict" in ckpt:
+        cfg = AEConfig.from_dict(ckpt[CKPT_CONFIG_KEY], f"{source}[{CKPT_CONFIG_KEY!r}]")
+        prefix = "net."
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in ckpt["state_dict"].items()}
+    elif "model" in ckpt and "config" in ckpt:
+        cfg = AEConfig.from_dict(ckpt["config"], f"{source}['config']")
+        state = ckpt["model"]
+    else:
+        raise CheckpointError(
+            f"{source}: not an embedder checkpoint (top-level keys: {sorted(ckpt)[:10]}); expected "
+            f"a reference AE .pt with 'model' and 'config', or a Lightning .ckpt written by "
+            f"EmbedderModule (with '{CKPT_CONFIG_KEY}')"
+        )
+    model = LatentAE(cfg)
+    load_state_dict_strict(model, state, source)
+    return model.eval()
+
+
+def save_embedder(model: LatentAE, path: str | Path) -> None:
+    """Write weights + config JSON (safetensors metadata) so :func:`load_embedder` rebuilds it."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {KIND_KEY: EMBEDDER_KIND, "config": json.dumps(asdict(model.config))}
+    save_file(state, str(path), metadata=meta)
+
+
+def _load_safetensors(path: Path) -> LatentAE:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get(KIND_KEY) != EMBEDDER_KIND or "config" not in meta:
+        raise CheckpointError(
+            f"{path}: safetensors metadata lacks {KIND_KEY}={EMBEDDER_KIND!r} and 'config'; "
+            "write embedder files with `lrag export CKPT OUT.safetensors`"
+        )
+    cfg = AEConfig.from_dict(json.loads(meta["config"]), f"{path} metadata['config']")
+    model = LatentAE(cfg)
+    load_state_dict_strict(model, state, str(path))
+    return model.eval()
+
+
+def load_embedder(path: str | Path) -> LatentAE:
+    """Load a frame embedder in eval mode on CPU.
+
+    Args:
+        path: A ``.safetensors`` written by ``lrag export``, a reference ``ae_latent_mem.pt``
+            (``{"model", "config"}``) or a Lightning ``.ckpt`` of ``EmbedderModule``. Torch
+            files are always read with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: Pickle-only files, unknown layouts, missing/unexpected keys.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"embedder file {path} does not exist")
+        return _load_safetensors(path)
+    return embedder_from_checkpoint(read_checkpoint(path), str(path))

@@ -1,0 +1,102 @@
+"""The embedder losses against the reference fixture and on hand-checkable inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrag.modules.losses import (
+    EmbedderLoss,
+    mean_cosine_per_offset,
+    pair_cosine_sims,
+    temporal_smoothness_loss,
+    window_temporal_delta_loss,
+)
+from lrag.modules.nets.autoencoder import AEConfig, LatentAE, load_state_dict_strict
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wan_reference"
+
+
+@pytest.fixture(scope="module")
+def golden_terms():
+    golden = torch.load(FIXTURES / "ae_tiny_golden.pt", weights_only=True)
+    model = LatentAE(AEConfig.from_dict(golden["config"]))
+    load_state_dict_strict(model, golden["state_dict"], "golden")
+    x = golden["input"].flatten(0, 1)
+    with torch.no_grad():
+        recon, z = model.eval()(x)
+    b, t = golden["input"].shape[:2]
+    return golden, recon, x, z.view(b, t, -1)
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def test_losses_match_golden(golden_terms) -> None:
+    golden, recon, x, emb = golden_terms
+    out = EmbedderLoss(delta_margin=0.85, delta_window=3)(recon, x, emb)
+    ref = golden["losses"]
+    assert rel(out.recon.item(), ref["recon_mse"]) <= 1e-5
+    assert rel(out.wtd.item(), ref["temporal_delta"]) <= 1e-5
+    assert rel(out.smooth.item(), ref["smooth"]) <= 1e-5
+    assert rel(out.total.item(), ref["total"]) <= 1e-5
+    assert torch.allclose(out.wtd_per_offset, torch.tensor(ref["temporal_delta_per_offset"]), rtol=1e-5, atol=1e-9)
+
+
+def test_pair_cosine_sims_match_golden(golden_terms) -> None:
+    golden, _, _, emb = golden_terms
+    sims = pair_cosine_sims(emb, 3)
+    assert len(sims) == 3
+    for k, s in enumerate(sims, start=1):
+        ref = golden["pair_cosine_sims"][f"offset_{k}"]
+        assert s.shape == ref.shape and (s - ref).abs().max() <= 1e-5
+    means = mean_cosine_per_offset(emb, 3)
+    assert torch.allclose(means, torch.stack([s.mean() for s in sims]))
+
+
+def test_delta_loss_on_known_angles() -> None:
+    # Frames at angles 0, 10, 20 deg: cos(10) = 0.985 > 0.85 margin, cos(20) = 0.940.
+    angles = torch.deg2rad(torch.tensor([0.0, 10.0, 20.0]))
+    emb = torch.stack([angles.cos(), angles.sin()], dim=-1)[None]  # (1, 3, 2)
+    loss, per_offset = window_temporal_delta_loss(emb, margin=0.85, window=5)
+    c10, c20 = torch.cos(angles[1]).item(), torch.cos(angles[2]).item()
+    assert per_offset.shape == (2,)  # offsets limited to T-1
+    assert per_offset[0].item() == pytest.approx(c10 - 0.85, rel=1e-5)
+    assert per_offset[1].item() == pytest.approx(c20 - 0.85, rel=1e-5)
+    assert loss.item() == pytest.approx((c10 + c20) / 2 - 0.85, rel=1e-5)
+    far, _ = window_temporal_delta_loss(emb, margin=0.99, window=2)
+    assert far.item() == 0.0
+
+
+def test_smoothness_is_zero_on_a_line_and_positive_on_a_bend() -> None:
+    line = torch.arange(5.0)[None, :, None] * torch.tensor([1.0, 2.0])  # (1, 5, 2)
+    assert temporal_smoothness_loss(line).item() == pytest.approx(1e-4, rel=1e-3)  # sqrt(eps)
+    bend = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]])
+    assert temporal_smoothness_loss(bend).item() == pytest.approx(2**0.5, rel=1e-6)
+
+
+def test_short_sequences_give_zero_losses_that_backpropagate() -> None:
+    emb = torch.randn(2, 1, 4, requires_grad=True)
+    out = EmbedderLoss()(torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2), emb)
+    assert out.wtd.item() == 0.0 and out.smooth.item() == 0.0 and out.cos_per_offset.numel() == 0
+    out.total.backward()
+    assert emb.grad is not None
+
+
+def test_weights_scale_terms_and_bad_shapes_raise() -> None:
+    emb = torch.randn(2, 6, 8)
+    recon, target = torch.randn(12, 3, 2, 2), torch.randn(12, 3, 2, 2)
+    base = EmbedderLoss(delta_margin=-1.0)(recon, target, emb)
+    scaled = EmbedderLoss(recon_weight=2.0, delta_weight=3.0, delta_margin=-1.0, smooth_weight=0.5)(
+        recon, target, emb
+    )
+    assert scaled.recon.item() == pytest.approx(2 * base.recon.item(), rel=1e-6)
+    assert scaled.wtd.item() == pytest.approx(3 * base.wtd.item(), rel=1e-6)
+    assert scaled.smooth.item() == pytest.approx(0.5 * base.smooth.item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"\[B, T, D\]"):
+        pair_cosine_sims(torch.randn(4, 8), 3)
+    with pytest.raises(ValueError, match="reconstruction"):
+        EmbedderLoss()(recon, target[:, :2], emb)
