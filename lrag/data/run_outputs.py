@@ -1,0 +1,201 @@
+"""Everything ``lrag predict`` writes into one run directory, ``<out_dir>/<run_id>/``.
+
+Layout::
+
+    config.yaml                     resolved config of the process that started the run
+    blocks/block-00007-000000.tar   WebDataset shard, ONE clip = block 7 (float16 [f, C, H, W]),
+                                    closed (renamed from .tar.tmp) as soon as the block finishes
+    blocks/block-00007.safetensors  the same block in float32: what ``--resume`` replays, so a
+                                    resumed run continues bit-identically (float16 would not)
+    latents-000000.tar              the whole video as ONE clip (key = run id), float16
+                                    [F, C, H, W]: directly usable as embedder training data
+    video.mp4                       decoded through the codec, H.264 yuv420p
+    retrievals.png                  retrieved frame index vs block
+
+A block is durable once its ``.safetensors`` and ``.tar`` are renamed into place; the store rows
+are written after both, so a block listed in the store always has its latents on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lrag.data.shards import ShardLocation, ShardWriter
+from lrag.data.video import VideoWriter
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunOutputs", "png_preview", "plot_retrievals"]
+
+_BLOCK_FILE = re.compile(r"^block-(\d{5})[-.]")
+
+
+def png_preview(frame: np.ndarray, max_side: int = 64) -> bytes:
+    """Encode a uint8 ``[H, W, 3]`` frame as a small PNG (longest side <= ``max_side``)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+    scale = max_side / max(image.size)
+    if scale < 1:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def plot_retrievals(rows: dict[str, list], num_blocks: int, frames_per_block: int,
+                    path: Path, title: str) -> Path:
+    """Scatter retrieved frame index against block, coloured by score.
+
+    Args:
+        rows: Columns ``block_index, retrieved_frame, score, rank`` (e.g. a store table's
+            ``to_pydict()``).
+        num_blocks: Blocks in the run (x axis extent).
+        frames_per_block: Latent frames per block (draws the query frame line).
+        path: Output PNG.
+        title: Plot title (the run id).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    blocks = np.arange(num_blocks)
+    ax.plot(blocks, blocks * frames_per_block, color="0.6", lw=1, label="query frame")
+    if rows.get("block_index"):
+        points = ax.scatter(rows["block_index"], rows["retrieved_frame"], c=rows["score"],
+                            cmap="viridis", s=30, zorder=3, label="retrieved frame")
+        fig.colorbar(points, ax=ax, label="cosine score")
+    else:
+        ax.text(0.5, 0.5, "no retrievals (native run or memory never filled)",
+                transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set(xlabel="block", ylabel="latent frame index", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+class RunOutputs:
+    """Writer and reader of one run directory (see the module docstring for the layout).
+
+    Args:
+        run_dir: ``<out_dir>/<run_id>``; created.
+        run_id: The run's id (consolidated clip key, metadata).
+        meta: JSON-serialisable metadata copied into every clip (prompt, fps, seed, ...).
+        fps: Video frames per second.
+        write_video: Whether to write ``video.mp4``.
+    """
+
+    def __init__(self, run_dir: str | Path, run_id: str, meta: dict[str, Any], fps: float,
+                 write_video: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.blocks_dir = self.dir / "blocks"
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = run_id
+        self.meta = dict(meta)
+        self.fps = fps
+        self._video = VideoWriter(self.dir / "video.mp4", fps=fps) if write_video else None
+
+    def write_config(self, config_yaml: str) -> Path:
+        """Write ``config.yaml`` (kept from the first start when resuming)."""
+        path = self.dir / "config.yaml"
+        if not path.exists():
+            path.write_text(config_yaml, encoding="utf-8")
+        return path
+
+    def _state_path(self, block: int) -> Path:
+        return self.blocks_dir / f"block-{block:05d}.safetensors"
+
+    def write_block(self, block: int, start_frame: int, latents: torch.Tensor) -> ShardLocation:
+        """Persist one finished block (float32 state, then its float16 shard).
+
+        Args:
+            block: Block index.
+            start_frame: Global index of the block's first latent frame.
+            latents: ``[f, C, H, W]`` clean latents of this run's block.
+
+        Returns:
+            The shard location; ``shard`` is relative to the run directory.
+        """
+        latents = latents.detach().to("cpu", torch.float32).contiguous()
+        state = self._state_path(block)
+        tmp = state.with_name(state.name + ".tmp")
+        save_file({"latents": latents}, str(tmp),
+                  metadata={"run_id": self.run_id, "block": str(block),
+                            "start_frame": str(start_frame)})
+        os.replace(tmp, state)
+        meta = {**self.meta, "source": self.run_id, "frame_offset": start_frame, "block": block}
+        with ShardWriter(self.blocks_dir, prefix=f"block-{block:05d}",
+                         max_clips_per_shard=1) as writer:
+            loc = writer.write(f"block-{block:05d}", latents, meta)
+        return ShardLocation(shard=f"blocks/{loc.shard}", key=loc.key)
+
+    def read_blocks(self, num_blocks: int) -> torch.Tensor:
+        """Float32 latents ``[F_done, C, H, W]`` of blocks ``0 .. num_blocks-1``."""
+        parts = []
+        for block in range(num_blocks):
+            path = self._state_path(block)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"resume {self.run_id}: the store lists block {block} as finished but "
+                    f"{path} is missing; the run directory was moved or pruned, so the run "
+                    "cannot be resumed - start a new run."
+                )
+            parts.append(load_file(str(path))["latents"])
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def drop_blocks_from(self, block: int) -> None:
+        """Delete block files with index >= ``block`` (left by a run killed mid-block)."""
+        for path in self.blocks_dir.iterdir():
+            match = _BLOCK_FILE.match(path.name)
+            if match and int(match.group(1)) >= block:
+                log.info("resume %s: removing unfinished %s", self.run_id, path.name)
+                path.unlink()
+
+    def write_video_frames(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Append decoded uint8 ``[T, H, W, 3]`` frames to ``video.mp4`` (if enabled)."""
+        if self._video is not None and len(frames):
+            self._video.write(frames)
+
+    def finish(self, latents: torch.Tensor, retrievals: dict[str, list], num_blocks: int,
+               frames_per_block: int) -> None:
+        """Write the consolidated clip, close the video and draw ``retrievals.png``.
+
+        Args:
+            latents: ``[F, C, H, W]`` the whole video.
+            retrievals: The run's retrieval rows as columns.
+            num_blocks: Blocks in the run.
+            frames_per_block: Latent frames per block.
+        """
+        for stale in self.dir.glob("latents-*.tar*"):
+            stale.unlink()  # a previous attempt's consolidated clip; rewrite it whole
+        with ShardWriter(self.dir, prefix="latents", max_clips_per_shard=1) as writer:
+            writer.write(self.run_id, latents.detach().float().cpu(),
+                         {**self.meta, "source": self.run_id, "frame_offset": 0})
+        if self._video is not None:
+            self._video.close()
+        plot_retrievals(retrievals, num_blocks, frames_per_block, self.dir / "retrievals.png",
+                        self.run_id)
+
+    def abort(self) -> None:
+        """Drop the partial video after a failure (blocks and store rows stay for resume)."""
+        if self._video is not None:
+            self._video.__exit__(RuntimeError, None, None)
+
+    def remove(self) -> None:
+        """Delete the whole run directory."""
+        shutil.rmtree(self.dir, ignore_errors=True)
