@@ -1,0 +1,374 @@
+"""RoPE, the sliding-window KV cache and the attention rules shared by the DiTs.
+
+Keys are cached *without* rotary embedding and rotated at attention time, so the
+same cache serves both position rules of the reference (README of
+``tests/fixtures/wan_reference``):
+
+* ``"absolute"``: every frame keeps its global frame index (reference native model,
+  ``causal_model.py``, which ropes keys once when written - numerically identical).
+* ``"slot"``: a frame's temporal position is its slot in the ring buffer
+  (reference latent-memory model, ``causal_model_latentmem.py``).
+
+The attended sequence is ``[sink | retrieved memory | local window]``; see
+:class:`AttentionPolicy` for the budget rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "AttentionPolicy",
+    "AttendPlan",
+    "EvictedKV",
+    "KVCache",
+    "LayerKV",
+    "MemoryKV",
+    "apply_rope",
+    "attention",
+    "grid_positions",
+    "rope_freqs",
+    "rope_table",
+]
+
+_BUDGETS = ("replace", "add")
+_POSITIONS = ("auto", "absolute", "slot")
+_MEMORY_POSITIONS = ("zero", "slot")
+
+
+def _axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Real dims per RoPE axis (time, row, col): Wan's ``d - 4(d//6), 2(d//6), 2(d//6)``."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    return head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)
+
+
+def _axis_angles(pos: Tensor, dim: int, theta: float) -> Tensor:
+    inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device).div(dim))
+    return torch.outer(pos.to(torch.float64), inv)
+
+
+def rope_freqs(positions: Tensor, head_dim: int, theta: float = 10000.0) -> Tensor:
+    """Complex rotation factors for explicit per-token positions.
+
+    Args:
+        positions: ``[L, 3]`` integer (time, row, col) position of each token.
+        head_dim: Attention head dimension (even).
+        theta: RoPE base.
+
+    Returns:
+        ``[L, 1, head_dim // 2]`` complex128, columns ordered time | row | col.
+    """
+    dims = _axis_dims(head_dim)
+    angles = torch.cat([_axis_angles(positions[:, i], d, theta) for i, d in enumerate(dims)], dim=1)
+    return torch.polar(torch.ones_like(angles), angles).unsqueeze(1)
+
+
+def rope_table(max_positions: int, head_dim: int, theta: float = 10000.0) -> Tensor:
+    """Reference-style table ``[max_positions, head_dim // 2]`` (the golden ``freqs``)."""
+    pos = torch.arange(max_positions)
+    dims = _axis_dims(head_dim)
+    angles = torch.cat([_axis_angles(pos, d, theta) for d in dims], dim=1)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate adjacent real pairs ``(2i, 2i+1)`` of ``x`` in float64.
+
+    Args:
+        x: ``[B, L, heads, head_dim]``.
+        freqs: ``[L, 1, head_dim // 2]`` complex128 from :func:`rope_freqs`.
+    """
+    b, n, h, d = x.shape
+    xc = torch.view_as_complex(x.to(torch.float64).reshape(b, n, h, d // 2, 2))
+    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
+
+
+def grid_positions(frame_positions: Tensor, height: int, width: int) -> Tensor:
+    """(time, row, col) positions ``[F*h*w, 3]`` of tokens flattened in (frame, row, col) order."""
+    f = frame_positions.numel()
+    t = frame_positions.long().view(f, 1, 1).expand(f, height, width)
+    r = torch.arange(height, device=t.device).view(1, height, 1).expand(f, height, width)
+    c = torch.arange(width, device=t.device).view(1, 1, width).expand(f, height, width)
+    return torch.stack([t, r, c], dim=-1).reshape(-1, 3)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Plain full attention on ``[B, L, heads, head_dim]`` tensors (no mask, default scale)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class AttentionPolicy:
+    """What a cached forward attends to, in frames.
+
+    Args:
+        window: Frames in the KV ring buffer, sink included (``local_attn_size``).
+        sink: Frames at the start of the video that are never evicted.
+        memory_size: K, the number of retrieved frames per block (0 = native).
+        budget: ``"replace"``: retrieved frames take K slots out of the local window,
+            reserved even before any memory exists (reference); ``"add"``: the local
+            window is unchanged and up to K frames are attended on top of it.
+        positions: Temporal RoPE rule for sink/local frames: ``"absolute"`` (global
+            frame index, reference native model), ``"slot"`` (ring-buffer slot,
+            reference latent-memory model) or ``"auto"`` (absolute when
+            ``memory_size == 0``, else slot: each reproduces its reference class).
+        memory_position: Temporal RoPE position of retrieved frames: ``"zero"``
+            (reference: all share the sink's position 0) or ``"slot"`` (``sink + rank``,
+            the slots that the replace budget reserves for them).
+    """
+
+    window: int
+    sink: int
+    memory_size: int = 0
+    budget: str = "replace"
+    positions: str = "auto"
+    memory_position: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.budget not in _BUDGETS:
+            raise ValueError(f"AttentionPolicy.budget must be one of {_BUDGETS}, got {self.budget!r}")
+        if self.positions not in _POSITIONS:
+            raise ValueError(f"AttentionPolicy.positions must be one of {_POSITIONS}, got {self.positions!r}")
+        if self.memory_position not in _MEMORY_POSITIONS:
+            raise ValueError(
+                f"AttentionPolicy.memory_position must be one of {_MEMORY_POSITIONS}, got {self.memory_position!r}"
+            )
+        if self.sink < 0 or self.memory_size < 0:
+            raise ValueError(f"AttentionPolicy: sink ({self.sink}) and memory_size ({self.memory_size}) must be >= 0")
+        if self.local_frames < 1:
+            raise ValueError(
+                f"AttentionPolicy: window ({self.window}) leaves no local frames after sink ({self.sink}) "
+                f"and memory_size ({self.memory_size}) in budget {self.budget!r}; raise window"
+            )
+
+    @property
+    def local_frames(self) -> int:
+        """Most recent buffer frames attended besides the sink (current block included)."""
+        reserved = self.memory_size if self.budget == "replace" else 0
+        return self.window - self.sink - reserved
+
+    @property
+    def resolved_positions(self) -> str:
+        if self.positions == "auto":
+            return "absolute" if self.memory_size == 0 else "slot"
+        return self.positions
+
+    @property
+    def max_attended_frames(self) -> int:
+        """Upper bound on attended frames per call (constant across native and RAG in replace mode)."""
+        return self.sink + self.memory_size + self.local_frames
+
+
+@dataclass
+class LayerKV:
+    """One layer's ring buffer: un-roped ``k`` and ``v``, ``[B, window*tokens, heads, head_dim]``."""
+
+    k: Tensor
+    v: Tensor
+
+
+@dataclass
+class EvictedKV:
+    """Frames pushed out of the ring buffer, oldest first.
+
+    Attributes:
+        frames: Global frame index of each evicted frame.
+        k: Per layer, un-roped keys ``[B, n, tokens, heads, head_dim]``.
+        v: Per layer, values of the same shape.
+    """
+
+    frames: list[int]
+    k: list[Tensor]
+    v: list[Tensor]
+
+
+@dataclass
+class MemoryKV:
+    """The K retrieved frames' un-roped K/V, already on the compute device.
+
+    Attributes:
+        k: Per layer ``[B, k_sel * tokens, heads, head_dim]``, frames in top-k order.
+        v: Per layer, same shape.
+        num_frames: ``k_sel``.
+    """
+
+    k: list[Tensor]
+    v: list[Tensor]
+    num_frames: int
+
+
+@dataclass
+class AttendPlan:
+    """Per-forward bookkeeping shared by all layers (positions are layer independent)."""
+
+    local_start: int
+    local_end: int
+    write_start: int
+    sink_slots: int
+    local_lo: int
+    q_freqs: Tensor
+    k_freqs: Tensor
+    mem_freqs: Tensor | None
+
+
+@dataclass
+class KVCache:
+    """Sink + local-window KV per layer, in frames of ``tokens_per_frame`` tokens.
+
+    Build with :meth:`empty`. ``slot_frames[i]`` is the global frame index held by
+    slot ``i``; ``global_end`` is one past the newest frame ever written. Evicted
+    frames go to ``on_evict`` (the retrieval memory decides where they live).
+    """
+
+    policy: AttentionPolicy
+    tokens_per_frame: int
+    grid_hw: tuple[int, int]
+    layers: list[LayerKV]
+    head_dim: int
+    theta: float = 10000.0
+    slot_frames: list[int] = field(default_factory=list)
+    global_end: int = 0
+    on_evict: Callable[[EvictedKV], None] | None = None
+
+    @classmethod
+    def empty(
+        cls,
+        policy: AttentionPolicy,
+        num_layers: int,
+        batch: int,
+        grid_hw: tuple[int, int],
+        num_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        theta: float = 10000.0,
+        on_evict: Callable[[EvictedKV], None] | None = None,
+    ) -> KVCache:
+        """Zeroed cache for ``num_layers`` layers; ``grid_hw`` is the token grid of one frame."""
+        tpf = grid_hw[0] * grid_hw[1]
+        shape = (batch, policy.window * tpf, num_heads, head_dim)
+        layers = [
+            LayerKV(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(num_layers)
+        ]
+        return cls(policy, tpf, tuple(grid_hw), layers, head_dim, theta, on_evict=on_evict)
+
+    @property
+    def num_filled(self) -> int:
+        return len(self.slot_frames)
+
+    def _evict(self, count: int) -> None:
+        s, t = self.policy.sink, self.tokens_per_frame
+        if s + count > self.num_filled:
+            raise RuntimeError(f"KVCache: cannot evict {count} frames from {self.num_filled} with sink {s}")
+        frames = self.slot_frames[s : s + count]
+        ev_k, ev_v = [], []
+        keep = self.num_filled - s - count
+        for layer in self.layers:
+            b, _, h, d = layer.k.shape
+            ev_k.append(layer.k[:, s * t : (s + count) * t].clone().view(b, count, t, h, d))
+            ev_v.append(layer.v[:, s * t : (s + count) * t].clone().view(b, count, t, h, d))
+            layer.k[:, s * t : (s + keep) * t] = layer.k[:, (s + count) * t : (s + count + keep) * t].clone()
+            layer.v[:, s * t : (s + keep) * t] = layer.v[:, (s + count) * t : (s + count + keep) * t].clone()
+        self.slot_frames = self.slot_frames[:s] + self.slot_frames[s + count :]
+        if self.on_evict is not None:
+            self.on_evict(EvictedKV(frames, ev_k, ev_v))
+
+    def _locate(self, start_frame: int, num_frames: int) -> tuple[int, int]:
+        """Evict if needed and return the block's slot range ``(local_start, local_end)``."""
+        end = start_frame + num_frames
+        if end > self.global_end:
+            new = end - self.global_end
+            overflow = self.num_filled + new - self.policy.window
+            if overflow > 0:
+                self._evict(overflow)
+            local_end = self.num_filled + new
+        else:
+            local_end = self.num_filled + end - self.global_end
+        local_start = local_end - num_frames
+        if local_start < 0 or local_end > self.policy.window:
+            raise ValueError(
+                f"KVCache: frames [{start_frame}, {end}) are no longer in the window "
+                f"(global_end={self.global_end}, filled={self.num_filled})"
+            )
+        frames = list(range(start_frame, end))
+        self.slot_frames = self.slot_frames[:local_start] + frames + self.slot_frames[local_end:]
+        self.global_end = max(self.global_end, end)
+        return local_start, local_end
+
+    def begin(self, start_frame: int, num_frames: int, memory: MemoryKV | None) -> AttendPlan:
+        """Place a forward of ``num_frames`` frames starting at global ``start_frame``.
+
+        The first forward of a new block evicts (once, before any layer runs); later
+        forwards of the same frames overwrite the same slots and move nothing.
+        """
+        is_recompute = start_frame + num_frames <= self.global_end and start_frame > 0
+        local_start, local_end = self._locate(start_frame, num_frames)
+        pol = self.policy
+        # The reference protects the sink slots during recompute passes of later
+        # blocks; it only matters when sink > frames_per_block.
+        write_start = max(local_start, pol.sink) if is_recompute else local_start
+        sink_slots = min(pol.sink, local_end)
+        local_lo = max(sink_slots, local_end - pol.local_frames)
+        attended = list(range(sink_slots)) + list(range(local_lo, local_end))
+        if pol.resolved_positions == "absolute":
+            k_pos = [self.slot_frames[i] for i in attended]
+            q_pos = list(range(start_frame, start_frame + num_frames))
+        else:
+            k_pos, q_pos = attended, list(range(local_start, local_end))
+        mem_freqs = None
+        if memory is not None and memory.num_frames > 0:
+            base = 0 if pol.memory_position == "zero" else pol.sink
+            m_pos = [0] * memory.num_frames if base == 0 else [base + i for i in range(memory.num_frames)]
+            mem_freqs = self._freqs(m_pos)
+        return AttendPlan(
+            local_start, local_end, write_start, sink_slots, local_lo, self._freqs(q_pos), self._freqs(k_pos), mem_freqs
+        )
+
+    def _freqs(self, frame_positions: list[int]) -> Tensor:
+        device = self.layers[0].k.device
+        pos = grid_positions(torch.tensor(frame_positions, dtype=torch.long), *self.grid_hw)
+        return rope_freqs(pos, self.head_dim, self.theta).to(device)
+
+    def attend(
+        self, plan: AttendPlan, layer: int, q: Tensor, k: Tensor, v: Tensor, memory: MemoryKV | None
+    ) -> Tensor:
+        """Write this layer's new un-roped K/V into its slots and attend.
+
+        Args:
+            plan: From :meth:`begin` for this forward.
+            layer: Layer index.
+            q, k, v: ``[B, num_frames * tokens, heads, head_dim]``, k un-roped.
+            memory: Retrieved frames' K/V, or None.
+
+        Returns:
+            ``[B, num_frames * tokens, heads, head_dim]``.
+        """
+        t, buf = self.tokens_per_frame, self.layers[layer]
+        skip = (plan.write_start - plan.local_start) * t
+        buf.k[:, plan.write_start * t : plan.local_end * t] = k[:, skip:]
+        buf.v[:, plan.write_start * t : plan.local_end * t] = v[:, skip:]
+        sink, lo, hi = plan.sink_slots * t, plan.local_lo * t, plan.local_end * t
+        k_parts, v_parts = [buf.k[:, :sink]], [buf.v[:, :sink]]
+        if plan.mem_freqs is not None and memory is not None:
+            k_parts.append(memory.k[layer])
+            v_parts.append(memory.v[layer])
+        k_parts.append(buf.k[:, lo:hi])
+        v_parts.append(buf.v[:, lo:hi])
+        k_cat, v_cat = torch.cat(k_parts, dim=1), torch.cat(v_parts, dim=1)
+        freqs = plan.k_freqs
+        if plan.mem_freqs is not None and memory is not None:
+            freqs = torch.cat([plan.k_freqs[:sink], plan.mem_freqs, plan.k_freqs[sink:]], dim=0)
+        return attention(apply_rope(q, plan.q_freqs), apply_rope(k_cat, freqs), v_cat)
+
+    def roped_keys(self, layer: int) -> Tensor:
+        """Keys of the filled slots roped with absolute frame indices (reference native layout)."""
+        pos = self._freqs(self.slot_frames)
+        return apply_rope(self.layers[layer].k[:, : self.num_filled * self.tokens_per_frame], pos)
