@@ -1,0 +1,378 @@
+"""The run memory on disk: one LanceDB database with ``runs``, ``frames`` and ``retrievals``.
+
+Schemas live in :mod:`lrag.memory.schema` and carry a schema version, so a store written by a
+newer lrag is refused instead of misread. Blocks are written as they finish; a block's ``frames``
+rows are appended *last*, in one commit, so their presence marks the block as complete
+(:meth:`MemoryStore.completed_blocks`) even if the process dies half-way through
+:meth:`MemoryStore.add_block`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from lrag.memory.schema import (
+    RETRIEVALS_SCHEMA,
+    RUN_STATUSES,
+    RUNS_SCHEMA,
+    SCHEMA_VERSION,
+    TABLES,
+    VERSION_KEY,
+    FrameRow,
+    RetrievalRow,
+    RunInfo,
+    RunStatus,
+    decode_run,
+    frame_dict,
+    frames_schema,
+    now,
+    retrieval_dict,
+)
+
+__all__ = [
+    "FrameRow", "MemoryStore", "RetrievalRow", "RunInfo", "SchemaVersionError", "StoreError",
+]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class StoreError(RuntimeError):
+    """A memory store cannot be used as asked (unknown run, bad row, wrong schema)."""
+
+
+class SchemaVersionError(StoreError):
+    """A table was written with a schema version this lrag does not understand."""
+
+
+def sql_quote(value: str) -> str:
+    """Quote ``value`` as a SQL string literal for Lance filters."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _is_conflict(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(word in text for word in ("conflict", "retry", "concurrent", "commit"))
+
+
+def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
+    """Run a Lance write, retrying commit conflicts from concurrent writers with backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # Lance raises plain RuntimeError/OSError on conflicts
+            if attempt == attempts - 1 or not _is_conflict(err):
+                raise
+            log.debug("store write conflict (attempt %d): %s", attempt + 1, err)
+            time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _check_version(name: str, uri: str, schema: pa.Schema) -> None:
+    raw = (schema.metadata or {}).get(VERSION_KEY)
+    try:
+        version = int(raw) if raw is not None else None
+    except ValueError:
+        version = None
+    if version is None or version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"memory store {uri}: table {name!r} has schema version {raw!r}, but this lrag "
+            f"understands versions up to {SCHEMA_VERSION}; upgrade lrag or point --db at "
+            "another store."
+        )
+
+
+class MemoryStore:
+    """Reader and writer of one LanceDB run memory.
+
+    Args:
+        uri: Database folder (e.g. ``runs/memory.lancedb``); created on first write.
+        embedding_dim: Size of frame embeddings; needed only to create the ``frames`` table
+            (otherwise taken from the first block written). Must match an existing table.
+        index_min_rows: Build the ANN index on ``frames.embedding`` once the table has this
+            many rows (IVF-PQ needs several hundred rows to train; below that search is exact).
+        index_type: LanceDB vector index type, e.g. ``"IVF_PQ"`` or ``"IVF_FLAT"``.
+    """
+
+    def __init__(
+        self,
+        uri: str | Path,
+        embedding_dim: int | None = None,
+        index_min_rows: int = 4096,
+        index_type: str = "IVF_PQ",
+    ) -> None:
+        self.uri = str(uri)
+        self.embedding_dim = embedding_dim
+        self.index_min_rows = index_min_rows
+        self.index_type = index_type
+        # Interval 0: every read sees other processes' commits (two writers share one store).
+        self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+        self._tables: dict[str, Any] = {}
+
+    # -- tables ---------------------------------------------------------------------------
+    def _open(self, name: str) -> Any | None:
+        if name in self._tables:
+            return self._tables[name]
+        if name not in self._db.list_tables().tables:
+            return None
+        table = self._db.open_table(name)
+        _check_version(name, self.uri, table.schema)
+        if name == "frames":
+            dim = table.schema.field("embedding").type.list_size
+            if self.embedding_dim not in (None, dim):
+                raise StoreError(
+                    f"memory store {self.uri}: frames.embedding has {dim} dims but "
+                    f"embedding_dim={self.embedding_dim}; use the embedder the store was made "
+                    "with or a new --db."
+                )
+            self.embedding_dim = dim
+        self._tables[name] = table
+        return table
+
+    def _create(self, name: str, schema: pa.Schema) -> Any:
+        table = self._open(name)
+        if table is not None:
+            return table
+        try:
+            self._db.create_table(name, schema=schema, exist_ok=True)
+        except (ValueError, OSError, RuntimeError) as err:  # another process won the race
+            log.debug("create_table(%s) raced: %s", name, err)
+        table = self._open(name)
+        if table is None:
+            raise StoreError(f"memory store {self.uri}: could not create table {name!r}")
+        return table
+
+    def _frames_table(self, dim: int | None) -> Any:
+        if self._open("frames") is None:
+            dim = self.embedding_dim or dim
+            if dim is None:
+                raise StoreError(
+                    f"memory store {self.uri}: cannot create the frames table without "
+                    "embedding_dim; pass MemoryStore(uri, embedding_dim=D)."
+                )
+            self.embedding_dim = dim
+        return self._create("frames", frames_schema(self.embedding_dim or dim))
+
+    def scan(
+        self, name: str, where: str | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """All rows of table ``name`` matching the Lance filter ``where`` (empty if absent)."""
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}; the store has {', '.join(TABLES)}")
+        table = self._open(name)
+        if table is None:
+            schema = {"runs": RUNS_SCHEMA, "retrievals": RETRIEVALS_SCHEMA}.get(name)
+            schema = schema or frames_schema(self.embedding_dim or 1)
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        query = table.search()
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        if columns is not None:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+    # -- runs -----------------------------------------------------------------------------
+    def start_run(self, info: RunInfo) -> None:
+        """Record a new run with status ``running``; refuses an id that already exists."""
+        if not info.run_id:
+            raise StoreError("RunInfo.run_id is empty; give the run a non-empty id.")
+        if self.get_run(info.run_id) is not None:
+            raise StoreError(
+                f"memory store {self.uri}: run {info.run_id!r} already exists; resume it "
+                "(`lrag predict ... --resume RUN`) or choose another run id."
+            )
+        row = {
+            "run_id": info.run_id, "created": now(), "config_yaml": info.config_yaml,
+            "backbone": info.backbone, "checkpoint_hashes": json.dumps(info.checkpoint_hashes),
+            "prompts": list(info.prompts), "seed": int(info.seed),
+            "frames_planned": int(info.frames_planned), "frames_done": 0,
+            "status": "running", "schema_version": SCHEMA_VERSION,
+        }
+        runs = self._create("runs", RUNS_SCHEMA)
+        with_retries(lambda: runs.add(pa.Table.from_pylist([row], schema=RUNS_SCHEMA)))
+
+    def _require_run(self, run_id: str) -> None:
+        if self.get_run(run_id) is None:
+            raise StoreError(
+                f"memory store {self.uri}: unknown run {run_id!r}; list runs with "
+                "`lrag memory runs --db ...`."
+            )
+
+    def set_status(self, run_id: str, status: RunStatus) -> None:
+        """Set a run's status; ``complete`` also builds the vector index when large enough."""
+        if status not in RUN_STATUSES:
+            raise StoreError(f"status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        self._require_run(run_id)
+        runs = self._open("runs")
+        where = f"run_id = {sql_quote(run_id)}"
+        with_retries(lambda: runs.update(where=where, values={"status": status}))
+        if status == "complete":
+            self.ensure_index()
+
+    def get_run(self, run_id: str) -> dict | None:
+        """The ``runs`` row of ``run_id`` as a dict (hashes decoded), or None if unknown."""
+        rows = self.scan("runs", f"run_id = {sql_quote(run_id)}").to_pylist()
+        return decode_run(rows[0]) if rows else None
+
+    def list_runs(self) -> list[dict]:
+        """All runs, oldest first."""
+        rows = [decode_run(r) for r in self.scan("runs", None).to_pylist()]
+        return sorted(rows, key=lambda r: (r["created"], r["run_id"]))
+
+    # -- blocks ---------------------------------------------------------------------------
+    def add_block(
+        self,
+        run_id: str,
+        block: int,
+        frames: Sequence[FrameRow],
+        retrievals: Sequence[RetrievalRow] = (),
+    ) -> None:
+        """Write one finished block; rewriting a block replaces its rows (resume-safe).
+
+        Order matters for crash consistency: old frames rows go first (the block is no longer
+        complete), then old retrievals; new retrievals are appended before the new frames, so
+        a block whose frames are present always has its retrievals too.
+        """
+        self._require_run(run_id)
+        if not frames:
+            raise StoreError(f"add_block(run {run_id!r}, block {block}): no frames given")
+        frame_table = pa.Table.from_pylist(
+            [frame_dict(r, run_id, block) for r in frames],
+            schema=frames_schema(self._frame_dim(frames)),
+        )
+        retrieval_rows = [retrieval_dict(r, run_id, block) for r in retrievals]
+        frames_tbl = self._frames_table(self._frame_dim(frames))
+        retr_tbl = self._create("retrievals", RETRIEVALS_SCHEMA)
+        where = f"run_id = {sql_quote(run_id)} AND block_index = {int(block)}"
+        with_retries(lambda: frames_tbl.delete(where))
+        with_retries(lambda: retr_tbl.delete(where))
+        if retrieval_rows:
+            data = pa.Table.from_pylist(retrieval_rows, schema=RETRIEVALS_SCHEMA)
+            with_retries(lambda: retr_tbl.add(data))
+        with_retries(lambda: frames_tbl.add(frame_table))
+        done = frames_tbl.count_rows(f"run_id = {sql_quote(run_id)}")
+        runs = self._open("runs")
+        with_retries(lambda: runs.update(
+            where=f"run_id = {sql_quote(run_id)}", values={"frames_done": int(done)}
+        ))
+
+    def _frame_dim(self, frames: Sequence[FrameRow]) -> int:
+        dims = {np.asarray(r.embedding).reshape(-1).shape[0] for r in frames}
+        expected = self.embedding_dim or next(iter(dims))
+        if dims != {expected}:
+            raise StoreError(
+                f"memory store {self.uri}: frame embeddings have sizes {sorted(dims)} but the "
+                f"frames table expects {expected}; use the embedder the store was made with."
+            )
+        return expected
+
+    def completed_blocks(self, run_id: str) -> int:
+        """Number of leading blocks whose frames are all present (where a resume starts).
+
+        Derived from the ``frames`` table, not ``runs.frames_done``: a block's frames are one
+        commit, and its frame indices must continue the previous block's without a gap.
+        """
+        rows = self.scan(
+            "frames", f"run_id = {sql_quote(run_id)}", ["block_index", "frame_index"]
+        ).to_pydict()
+        by_block: dict[int, list[int]] = {}
+        for b, f in zip(rows["block_index"], rows["frame_index"]):
+            by_block.setdefault(b, []).append(f)
+        count, next_frame = 0, 0
+        while count in by_block:
+            indices = sorted(by_block[count])
+            if indices != list(range(next_frame, next_frame + len(indices))):
+                break
+            next_frame += len(indices)
+            count += 1
+        return count
+
+    def frames(self, run_id: str, with_previews: bool = True) -> pa.Table:
+        """The run's ``frames`` rows, ordered by frame index."""
+        columns = None if with_previews else [
+            f.name for f in frames_schema(1) if f.name != "preview_png"
+        ]
+        table = self.scan("frames", f"run_id = {sql_quote(run_id)}", columns)
+        return table.sort_by("frame_index")
+
+    def retrievals(self, run_id: str) -> pa.Table:
+        """The run's ``retrievals`` rows, ordered by block then rank."""
+        table = self.scan("retrievals", f"run_id = {sql_quote(run_id)}")
+        return table.sort_by([("block_index", "ascending"), ("rank", "ascending")])
+
+    # -- vector search --------------------------------------------------------------------
+    def has_index(self) -> bool:
+        """Whether ``frames.embedding`` has a vector index."""
+        table = self._open("frames")
+        if table is None:
+            return False
+        return any("embedding" in idx.columns for idx in table.list_indices())
+
+    def ensure_index(self, force: bool = False) -> bool:
+        """Build the cosine ANN index once ``frames`` has ``index_min_rows`` rows.
+
+        Args:
+            force: Rebuild even if an index already exists (e.g. after many appends).
+
+        Returns:
+            Whether an index exists afterwards.
+        """
+        table = self._open("frames")
+        if table is None:
+            return False
+        rows = table.count_rows()
+        if rows < self.index_min_rows or (self.has_index() and not force):
+            return self.has_index()
+        dim = table.schema.field("embedding").type.list_size
+        sub_vectors = max(1, dim // 8)
+        while dim % sub_vectors:
+            sub_vectors -= 1
+        log.info("building %s index on %d frames (dim %d)", self.index_type, rows, dim)
+        table.create_index(
+            metric="cosine", vector_column_name="embedding", index_type=self.index_type,
+            num_partitions=max(1, int(math.sqrt(rows))), num_sub_vectors=sub_vectors,
+            replace=True,
+        )
+        return True
+
+    def search(self, vector: np.ndarray, k: int = 10, run_id: str | None = None) -> list[dict]:
+        """Nearest stored frames to ``vector`` [D] by cosine, across all runs or one run.
+
+        Returns:
+            Dicts with ``run_id, frame_index, block_index, distance`` (cosine distance) and
+            ``score`` (cosine similarity = 1 - distance), best first.
+        """
+        table = self._open("frames")
+        if table is None:
+            return []
+        query_vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        dim = table.schema.field("embedding").type.list_size
+        if query_vec.shape[0] != dim:
+            raise StoreError(f"search vector has {query_vec.shape[0]} dims; frames have {dim}")
+        query = (
+            table.search(query_vec, vector_column_name="embedding")
+            .distance_type("cosine")
+            .select(["run_id", "frame_index", "block_index", "_distance"])
+            .limit(k)
+        )
+        if run_id is not None:
+            query = query.where(f"run_id = {sql_quote(run_id)}", prefilter=True)
+        if self.has_index():
+            query = query.refine_factor(10)  # re-rank PQ candidates with exact vectors
+        rows = query.to_arrow().to_pylist()
+        for row in rows:
+            row["distance"] = float(row.pop("_distance"))
+            row["score"] = 1.0 - row["distance"]
+        return rows
