@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -115,3 +119,121 @@ class LinearRGBCodec(nn.Module):
         """Decode ``chunk_frames`` latent frames at a time (frames are independent here)."""
         for start in range(0, latents.shape[1], chunk_frames):
             yield self.decode(latents[:, start : start + chunk_frames])
+
+
+class WanVAECodec(nn.Module):
+    """Wan2.1's causal 3D VAE (``diffusers.AutoencoderKLWan``) as a codec.
+
+    Latents are stored normalised, ``z_n = (z - mean) / std`` per channel, like Wan; ``decode``
+    undoes this with the VAE config's ``latents_mean`` / ``latents_std`` before decoding.
+
+    Time: latent frame 0 decodes to 1 video frame and every later latent frame to
+    ``scale_factor_temporal`` (4) frames, so ``T = 4 F - 3``. The decoder is causal in time and
+    keeps a per-conv feature cache of the previous frames; diffusers already decodes one latent
+    frame at a time with that cache, but it concatenates the whole float video in memory.
+    :meth:`iter_decode` runs the same per-frame loop with the cache *carried across chunks* and
+    yields each chunk as uint8 right away, so the output is identical to a one-shot decode while
+    memory stays bounded by one chunk. (Decoding chunks independently would restart the cache and
+    change the frames at every chunk border.)
+
+    Args:
+        vae: A ``diffusers.AutoencoderKLWan`` (tiling disabled; it is not used here).
+        chunk_frames: Latent frames decoded per yielded chunk by :meth:`decode`/:meth:`iter_decode`.
+    """
+
+    def __init__(self, vae: nn.Module, chunk_frames: int = 8) -> None:
+        super().__init__()
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.vae = vae.eval().requires_grad_(False)
+        self.chunk_frames = chunk_frames
+        cfg = vae.config
+        self.channels = int(cfg.z_dim)
+        self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        chunk_frames: int = 8,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> WanVAECodec:
+        """Load ``<folder>/vae`` (Diffusers layout of Wan2.1-T2V-1.3B) from local files only.
+
+        Args:
+            folder: Root of e.g. ``Wan2.1-T2V-1.3B-Diffusers`` (holding ``vae/``).
+            chunk_frames: See the class docstring.
+            dtype: VAE weight dtype (Wan decodes in fp32 for quality; bf16 halves memory).
+            device: Where the VAE lives.
+
+        Raises:
+            FileNotFoundError: naming the missing folder/files and how to get them.
+        """
+        from diffusers import AutoencoderKLWan
+
+        from lrag.modules.conditioning import require_local_files
+
+        vae_dir = Path(folder) / "vae"
+        require_local_files(vae_dir, ["config.json"], weights=True)
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
+        log.info("loaded Wan VAE from %s", vae_dir)
+        return cls(vae.to(device), chunk_frames=chunk_frames)
+
+    def _denormalize(self, latents: Tensor) -> Tensor:
+        check_latents(latents, self.channels)
+        dtype = next(self.vae.parameters()).dtype
+        z = rearrange(latents.float(), "b f c h w -> b c f h w")
+        return (z * self.std.to(z.device) + self.mean.to(z.device)).to(dtype)
+
+    @torch.no_grad()
+    def iter_decode(self, latents: Tensor, chunk_frames: int | None = None) -> Iterator[Tensor]:
+        """Yield uint8 video chunks ``[B, T_chunk, 8H, 8W, 3]`` of ``chunk_frames`` latent frames.
+
+        The concatenation of all chunks equals :meth:`decode` (and a one-shot diffusers decode).
+        """
+        vae, chunk = self.vae, chunk_frames or self.chunk_frames
+        for attr in ("clear_cache", "post_quant_conv", "decoder"):
+            if not hasattr(vae, attr):
+                raise RuntimeError(f"this diffusers AutoencoderKLWan lacks {attr!r}; use diffusers>=0.32")
+        z = self._denormalize(latents)
+        vae.clear_cache()
+        try:
+            for start in range(0, z.shape[2], chunk):
+                # post_quant_conv is 1x1x1: no temporal context, so per-chunk is exact.
+                x = vae.post_quant_conv(z[:, :, start : start + chunk])
+                frames = []
+                for i in range(x.shape[2]):
+                    vae._conv_idx = [0]
+                    frames.append(
+                        vae.decoder(
+                            x[:, :, i : i + 1],
+                            feat_cache=vae._feat_map,
+                            feat_idx=vae._conv_idx,
+                            first_chunk=start + i == 0,
+                        )
+                    )
+                yield rearrange(to_uint8(torch.cat(frames, dim=2)), "b c t h w -> b t h w c")
+        finally:
+            vae.clear_cache()  # the cache holds activations; never leave them alive
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, F, C, H, W]`` (normalised) -> uint8 ``[B, 4F-3, 8H, 8W, 3]``."""
+        return torch.cat(list(self.iter_decode(latents)), dim=1)
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """uint8 video ``[B, T, H, W, 3]`` (T = 4k+1) -> normalised latents ``[B, F, C, H/8, W/8]``.
+
+        Uses the posterior mean, as Wan does when it encodes training videos.
+        """
+        if video.ndim != 5 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+            raise ValueError(
+                f"video must be uint8 [B, T, H, W, 3], got {video.dtype} {tuple(video.shape)}"
+            )
+        dtype = next(self.vae.parameters()).dtype
+        x = rearrange(video, "b t h w c -> b c t h w").to(dtype) / 127.5 - 1.0
+        z = self.vae.encode(x).latent_dist.mode().float()
+        z = (z - self.mean.to(z.device)) / self.std.to(z.device)
+        return rearrange(z, "b c f h w -> b f c h w")

@@ -150,8 +150,8 @@ class UMT5TextEncoder(nn.Module):
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         root = Path(folder)
-        _require_files(root / "text_encoder", ["config.json"], weights=True)
-        _require_files(root / "tokenizer", [], weights=False)
+        require_local_files(root / "text_encoder", ["config.json"], weights=True)
+        require_local_files(root / "tokenizer", ["tokenizer_config.json"], weights=False)
         model = UMT5EncoderModel.from_pretrained(
             root / "text_encoder", torch_dtype=dtype, local_files_only=True
         )
@@ -165,7 +165,7 @@ class UMT5TextEncoder(nn.Module):
         prompts = _check_prompts(prompts)
         device = next(self.model.parameters()).device
         tok = self.tokenizer(
-            prompts,
+            [" ".join(p.split()) for p in prompts],  # Wan collapses whitespace
             padding="max_length",
             truncation=True,
             max_length=self.text_len,
@@ -177,8 +177,14 @@ class UMT5TextEncoder(nn.Module):
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)
 
 
-def _require_files(folder: Path, names: list[str], weights: bool) -> None:
-    """Raise a helpful error unless ``folder`` exists with ``names`` (and weights if asked)."""
+def require_local_files(folder: Path, names: list[str], weights: bool) -> None:
+    """Raise FileNotFoundError, with the download hint, unless ``folder`` is complete.
+
+    Args:
+        folder: Sub-folder of a Diffusers-layout checkout (``text_encoder``, ``tokenizer``, ``vae``).
+        names: Files that must exist in it.
+        weights: Also require at least one ``*.safetensors`` or ``*.bin`` file.
+    """
     missing = [n for n in names if not (folder / n).is_file()]
     has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
     if folder.is_dir() and not missing and (has_weights or not weights):
