@@ -360,7 +360,7 @@ def export_backbone(
 
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[preset]
+    config = PRESETS[preset]()
     model = load_backbone_weights(CausalWanModel(config), ckpt, lora, prefer_ema=prefer_ema, merge=True)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     sources = {"ckpt": checkpoint_hash(ckpt)} | ({"lora": checkpoint_hash(lora)} if lora else {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lrag.modules.nets.checkpoints import (
+    check_state_dict,
+    export_backbone,
     CheckpointError,
     apply_lora,
     load_backbone_weights,
@@ -18,40 +21,16 @@ from lrag.modules.nets.checkpoints import (
     lora_target_modules,
     merge_lora,
     normalize_key,
+    normalize_state_dict,
     read_lora_state_dict,
 )
+from lrag.modules.nets.wan import PRESETS, CausalWanModel
+
+KEYS_JSON = Path(__file__).parents[2] / "fixtures" / "wan_reference" / "wan_1_3b_keys.json"
 
 
-class _Attn(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.self_attn, self.cross_attn = _Attn(dim), _Attn(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim))
-
-
-class StandIn(nn.Module):
-    """Stand-in with Wan's block layout until lrag.modules.nets.wan lands."""
-
-    def __init__(self, dim: int = 8, layers: int = 2) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(_Block(dim) for _ in range(layers))
-        self.head = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = x + b.ffn(b.self_attn.o(b.self_attn.q(x)) + b.cross_attn.v(x))
-        return self.head(x)
-
-
-def make_model() -> nn.Module:
-    return StandIn()
+def make_model() -> CausalWanModel:
+    return CausalWanModel(PRESETS["tiny"]())
 
 
 def randomized(model: nn.Module, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -113,7 +92,7 @@ def test_prefer_ema_picks_the_right_weights(tmp_path: Path) -> None:
     [
         ("missing", r"1 missing keys: blocks\.1\.ffn\.2\.bias"),
         ("unexpected", r"1 unexpected keys: blocks\.0\.extra\.weight"),
-        ("shape", r"wrong shapes: head\.weight \[8, 9\] != \[8, 8\]"),
+        ("shape", r"wrong shapes: text_embedding\.0\.weight \[96, 33\] != \[96, 32\]"),
     ],
 )
 def test_corrupted_checkpoints_name_the_keys(tmp_path: Path, corrupt: str, match: str) -> None:
@@ -124,7 +103,7 @@ def test_corrupted_checkpoints_name_the_keys(tmp_path: Path, corrupt: str, match
     elif corrupt == "unexpected":
         weights["blocks.0.extra.weight"] = torch.zeros(2)
     else:
-        weights["head.weight"] = torch.zeros(8, 9)
+        weights["text_embedding.0.weight"] = torch.zeros(96, 33)
     path = tmp_path / f"{corrupt}.pt"
     torch.save({"generator": weights}, path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -190,17 +169,20 @@ def test_lora_loads_and_merges_to_base_plus_scaled_ba(tmp_path: Path, wrap: bool
     torch.save({"generator": weights}, ckpt)
     rank, alpha = 4, 8.0
     lora = _lora_file(base, lora_path, rank, wrap)
-    x = torch.randn(3, 8)
     unmerged = load_backbone_weights(make_model(), ckpt, lora_path, merge=False, lora_alpha=alpha)
     merged = load_backbone_weights(make_model(), ckpt, lora_path, merge=True, lora_alpha=alpha)
-    assert type(merged) is StandIn
+    assert type(merged) is CausalWanModel
+    assert set(merged.state_dict()) == set(weights)
     name = "blocks.1.cross_attn.k"
     delta = lora[f"base_model.model.{name}.lora_B.weight"] @ lora[f"base_model.model.{name}.lora_A.weight"]
     expected = weights[f"{name}.weight"] + (alpha / rank) * delta
     torch.testing.assert_close(merged.get_submodule(name).weight, expected)
-    torch.testing.assert_close(unmerged(x), merged(x), rtol=1e-4, atol=1e-4)
+    # The unmerged adapter computes the same function through peft's LoRA layers.
+    x = torch.randn(2, 5, 96)
+    lora_ffn = unmerged.get_base_model().blocks[0].ffn
+    torch.testing.assert_close(lora_ffn(x), merged.blocks[0].ffn(x), rtol=1e-3, atol=1e-3)
     plain = load_backbone_weights(make_model(), ckpt)
-    assert not torch.allclose(plain(x), merged(x))
+    assert not torch.allclose(plain.blocks[0].ffn(x), merged.blocks[0].ffn(x))
 
 
 def test_lora_with_wrong_targets_or_shapes_is_refused(tmp_path: Path) -> None:
@@ -210,7 +192,7 @@ def test_lora_with_wrong_targets_or_shapes_is_refused(tmp_path: Path) -> None:
     assert set(lora_state) == set(lora)
     bad = dict(lora_state)
     bad.pop("base_model.model.blocks.0.ffn.2.lora_B.weight")
-    bad["base_model.model.blocks.0.ffn.2.lora_B.weight"] = torch.zeros(8, 5)
+    bad["base_model.model.blocks.0.ffn.2.lora_B.weight"] = torch.zeros(96, 5)
     from lrag.modules.nets.checkpoints import load_lora_state_dict
 
     with pytest.raises(CheckpointError, match=r"wrong shapes: .*ffn\.2\.lora_B"):
@@ -223,3 +205,45 @@ def test_lora_with_wrong_targets_or_shapes_is_refused(tmp_path: Path) -> None:
 def test_merge_lora_needs_a_peft_model() -> None:
     with pytest.raises(TypeError, match="apply_lora"):
         merge_lora(make_model())
+
+
+def test_full_size_keys_match_reference_without_allocating() -> None:
+    """Wan2.1-1.3B on the meta device: an FSDP-EMA checkpoint's keys map onto the model exactly."""
+    ref = json.loads(KEYS_JSON.read_text())
+    with torch.device("meta"):
+        model = CausalWanModel(PRESETS["wan_1_3b"]())
+        ema = {fsdp_ema_key(k): torch.empty(shape) for k, shape in ref["keys"].items()}
+    state = normalize_state_dict(ema, "meta-ema")
+    check_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, state, "meta-ema")
+    load_into(model, state, "meta-ema", assign=True)
+    assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
+
+
+def test_full_size_lora_keys_match_longlive_without_allocating() -> None:
+    from peft import get_peft_model_state_dict
+
+    ref = json.loads(KEYS_JSON.read_text())["longlive_lora"]
+    with torch.device("meta"):
+        peft_model = apply_lora(CausalWanModel(PRESETS["wan_1_3b"]()), rank=ref["adapter"]["rank"])
+    shapes = {k: list(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
+    assert shapes == ref["lora_state_dict_shapes"]
+    assert peft_model.peft_config["default"].lora_alpha / peft_model.peft_config["default"].r == 1.0
+
+
+def test_export_backbone_merges_lora_and_reloads(tmp_path: Path) -> None:
+    base = make_model()
+    torch.save({"generator_ema": {fsdp_ema_key(k): v for k, v in randomized(base).items()}}, tmp_path / "b.pt")
+    _lora_file(base, tmp_path / "lora.pt", rank=4, wrap=True)
+    out = export_backbone(tmp_path / "b.pt", tmp_path / "out" / "tiny", lora=tmp_path / "lora.pt",
+                          preset="tiny", dtype=torch.float32)
+    assert out.name == "tiny.safetensors" and out.is_file()
+    expected = load_backbone_weights(make_model(), tmp_path / "b.pt", tmp_path / "lora.pt")
+    reloaded = load_into(make_model(), load_generator_state_dict(out), str(out))
+    for k, v in expected.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[k], v, rtol=0, atol=0)
+    from safetensors import safe_open
+
+    with safe_open(out, "pt") as fh:
+        meta = fh.metadata()
+    assert meta["preset"] == "tiny" and json.loads(meta["config"])["dim"] == 96
+    assert set(json.loads(meta["sources_sha256"])) == {"ckpt", "lora"}
