@@ -137,14 +137,26 @@ class WanVAECodec(nn.Module):
     change the frames at every chunk border.)
 
     Args:
-        vae: A ``diffusers.AutoencoderKLWan`` (tiling disabled; it is not used here).
-        chunk_frames: Latent frames decoded per yielded chunk by :meth:`decode`/:meth:`iter_decode`.
+        folder: Root of a Diffusers-layout checkout of Wan2.1-T2V-1.3B (holding ``vae/``);
+            read with ``local_files_only=True``.
+        chunk_frames: Latent frames decoded per chunk by :meth:`decode` / :meth:`iter_decode`;
+            bounds the float activations held at once.
+        dtype: VAE weight dtype, ``"float32"`` (as Wan, best quality) or ``"bfloat16"``.
     """
 
-    def __init__(self, vae: nn.Module, chunk_frames: int = 8) -> None:
+    def __init__(self, folder: str, chunk_frames: int = 8, dtype: str = "float32") -> None:
         super().__init__()
+        from diffusers import AutoencoderKLWan
+
+        from lrag.modules.conditioning import parse_dtype, require_local_files
+
         if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+            raise ValueError(f"WanVAECodec.chunk_frames must be >= 1, got {chunk_frames}")
+        vae_dir = Path(folder) / "vae"
+        require_local_files(vae_dir, ["config.json"], weights=True)
+        torch_dtype = parse_dtype(dtype, "WanVAECodec.dtype")
+        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=torch_dtype, local_files_only=True)
+        log.info("loaded Wan VAE from %s (%s)", vae_dir, dtype)
         self.vae = vae.eval().requires_grad_(False)
         self.chunk_frames = chunk_frames
         cfg = vae.config
@@ -153,33 +165,13 @@ class WanVAECodec(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        chunk_frames: int = 8,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ) -> WanVAECodec:
-        """Load ``<folder>/vae`` (Diffusers layout of Wan2.1-T2V-1.3B) from local files only.
-
-        Args:
-            folder: Root of e.g. ``Wan2.1-T2V-1.3B-Diffusers`` (holding ``vae/``).
-            chunk_frames: See the class docstring.
-            dtype: VAE weight dtype (Wan decodes in fp32 for quality; bf16 halves memory).
-            device: Where the VAE lives.
+    def from_pretrained(cls, folder: str | Path, chunk_frames: int = 8, dtype: str = "float32") -> WanVAECodec:
+        """Same as the constructor (the name used across the library for local weights).
 
         Raises:
             FileNotFoundError: naming the missing folder/files and how to get them.
         """
-        from diffusers import AutoencoderKLWan
-
-        from lrag.modules.conditioning import require_local_files
-
-        vae_dir = Path(folder) / "vae"
-        require_local_files(vae_dir, ["config.json"], weights=True)
-        vae = AutoencoderKLWan.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
-        log.info("loaded Wan VAE from %s", vae_dir)
-        return cls(vae.to(device), chunk_frames=chunk_frames)
+        return cls(str(folder), chunk_frames=chunk_frames, dtype=dtype)
 
     def _denormalize(self, latents: Tensor) -> Tensor:
         check_latents(latents, self.channels)

@@ -104,24 +104,56 @@ class TinyTextEncoder(nn.Module):
         return out
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str, field: str) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16``; unknown names raise naming ``field``."""
+    if name not in DTYPES:
+        raise ValueError(f"{field}: unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    # transformers renamed `torch_dtype` to `dtype` in 4.56; the old name warns in 5.x.
+    import transformers
+    from packaging.version import Version
+
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
 class UMT5TextEncoder(nn.Module):
     """Wan2.1's umT5 text encoder (``transformers.UMT5EncoderModel`` + its tokenizer).
 
-    Prompts are tokenized to ``text_len`` tokens (padded, truncated). As in Wan, the hidden
-    states of padded positions are set to zero, so a prompt's context does not depend on how
-    much padding follows it.
+    Loaded from a local Diffusers-layout folder (``text_encoder/`` and ``tokenizer/``, e.g. a
+    download of ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``) with ``local_files_only=True``: nothing is
+    ever downloaded. Prompts are whitespace-normalised and tokenized to ``text_len`` tokens
+    (padded, truncated); as in Wan, the hidden states of padded positions are set to zero, so a
+    prompt's context does not depend on how much padding follows it.
 
     Args:
-        model: A ``transformers.UMT5EncoderModel``.
-        tokenizer: The matching tokenizer.
+        folder: Root of the Diffusers-layout checkout (holding ``text_encoder/``, ``tokenizer/``).
         text_len: Context length (Wan2.1: 512).
+        dtype: Weight dtype: ``"bfloat16"`` (as Wan, ~11 GB for umT5-XXL), ``"float32"`` or
+            ``"float16"``.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: object, text_len: int = 512) -> None:
+    def __init__(self, folder: str, text_len: int = 512, dtype: str = "bfloat16") -> None:
         super().__init__()
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        root = Path(folder)
+        require_local_files(root / "text_encoder", ["config.json"], weights=True)
+        require_local_files(root / "tokenizer", ["tokenizer_config.json"], weights=False)
+        torch_dtype = parse_dtype(dtype, "UMT5TextEncoder.dtype")
+        model = UMT5EncoderModel.from_pretrained(
+            root / "text_encoder", local_files_only=True, **_dtype_kwarg(torch_dtype)
+        )
         self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         self.text_len = text_len
+        log.info("loaded umT5 text encoder from %s (%s)", root, dtype)
 
     @property
     def text_dim(self) -> int:
@@ -129,35 +161,13 @@ class UMT5TextEncoder(nn.Module):
         return int(self.model.config.d_model)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        folder: str | Path,
-        text_len: int = 512,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-    ) -> UMT5TextEncoder:
-        """Load from a local Diffusers-layout folder holding ``text_encoder/`` and ``tokenizer/``.
-
-        Args:
-            folder: Root of e.g. ``Wan2.1-T2V-1.3B-Diffusers``.
-            text_len: Context length (Wan2.1: 512).
-            dtype: Weight dtype (Wan runs umT5 in bf16 on GPU; fp32 on CPU).
-            device: Where the encoder lives.
+    def from_pretrained(cls, folder: str | Path, text_len: int = 512, dtype: str = "bfloat16") -> UMT5TextEncoder:
+        """Same as the constructor (the name used across the library for local weights).
 
         Raises:
-            FileNotFoundError: naming the missing sub-folder and how to get it.
+            FileNotFoundError: naming the missing sub-folder/files and how to get them.
         """
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        root = Path(folder)
-        require_local_files(root / "text_encoder", ["config.json"], weights=True)
-        require_local_files(root / "tokenizer", ["tokenizer_config.json"], weights=False)
-        model = UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", torch_dtype=dtype, local_files_only=True
-        )
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-        log.info("loaded umT5 text encoder from %s", root)
-        return cls(model.to(device), tokenizer, text_len=text_len)
+        return cls(str(folder), text_len=text_len, dtype=dtype)
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> Tensor:

@@ -74,7 +74,7 @@ def test_umt5_from_pretrained_matches_transformers_and_zeroes_padding(tmp_path: 
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     _save_tiny_umt5(tmp_path)
-    enc = UMT5TextEncoder.from_pretrained(tmp_path, text_len=10)
+    enc = UMT5TextEncoder.from_pretrained(tmp_path, text_len=10, dtype="float32")
     assert enc.text_dim == 16
     prompts = ["a red ball", "the  green hill rolls over a ball"]
     out = enc(prompts)
@@ -95,3 +95,12 @@ def test_umt5_missing_weights_error_says_what_and_how(tmp_path: Path) -> None:
     (tmp_path / "text_encoder" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"text_encoder.*safetensors.*huggingface-cli download"):
         UMT5TextEncoder.from_pretrained(tmp_path)
+
+
+def test_umt5_bf16_and_bad_dtype(tmp_path: Path) -> None:
+    _save_tiny_umt5(tmp_path)
+    enc = UMT5TextEncoder(str(tmp_path), text_len=6)
+    assert next(enc.model.parameters()).dtype == torch.bfloat16
+    assert enc(["a ball"]).shape == (1, 6, 16)
+    with pytest.raises(ValueError, match=r"UMT5TextEncoder\.dtype.*float64"):
+        UMT5TextEncoder(str(tmp_path), dtype="float64")
