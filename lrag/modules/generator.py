@@ -1,0 +1,390 @@
+"""``GeneratorModule``: long-video sampling under ``lrag predict``.
+
+The module is glue: the AR block loop is :class:`lrag.modules.sampler.ARSampler`; the network,
+memory, text encoder, codec and schedule are injected by ``class_path`` from YAML. What lives
+here is *persistence*: every finished block goes to disk (shard + float32 state), to the LanceDB
+store (frames + retrievals rows) and to TensorBoard before the next block starts, so a killed
+run loses no finished block and ``lrag predict ... --resume RUN_ID`` continues it bit-identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from lrag.data.run_outputs import RunOutputs, png_preview
+from lrag.memory.bank import RetrievalMemory
+from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
+from lrag.modules.nets.checkpoints import checkpoint_hash, load_backbone_weights
+from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
+from lrag.modules.schedule import FlowMatchSchedule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GeneratorModule"]
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+#: Model knobs that change the latents; a resumed run must use the values it started with.
+_LATENT_KNOBS = ("num_frames", "frames_per_block", "window", "sink", "budget", "channels",
+                 "height", "width", "backbone", "memory", "schedule", "text_encoder",
+                 "backbone_checkpoint")
+
+
+@dataclass
+class _Run:
+    """State of one video being generated (one run in the store)."""
+
+    run_id: str
+    prompt: str
+    seed: int
+    outputs: RunOutputs
+    done_blocks: int = 0
+    resume_latents: Tensor | None = None
+    frames_done: int = 0
+    seconds: float = 0.0
+    progress: Any = None
+    task: Any = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class GeneratorModule(L.LightningModule):
+    """Samples long videos with retrieval-augmented AR diffusion and persists every block.
+
+    Args:
+        backbone: Causal video DiT (``CausalWanModel`` or the tiny preset) predicting flow.
+        memory: Retrieval memory; ``memory_size: 0`` is the native sliding-window baseline.
+        text_encoder: ``prompts -> [B, L, text_dim]`` context (``TinyTextEncoder``, umT5).
+        codec: Latent -> uint8 video decoder with ``decode(latents [B,F,C,H,W])``.
+        schedule: Flow-matching schedule (denoising steps, shift, context noise).
+        num_frames: Latent frames per video; a multiple of ``frames_per_block``.
+        frames_per_block: Latent frames denoised together per AR step.
+        window: Attention window in latent frames, sink included (``local_attn_size``).
+        sink: Leading frames kept in attention forever.
+        budget: ``"replace"``: retrieved frames replace local-window frames (constant
+            attention length); ``"add"``: they are attended in addition to the window.
+        channels: Latent channels C; ``None`` takes the codec's ``channels``.
+        height: Latent height H.
+        width: Latent width W.
+        out_dir: Parent folder of the run directories ``<out_dir>/<run_id>/``.
+        store_uri: LanceDB run memory (``runs``, ``frames``, ``retrievals`` tables).
+        run_name: Run ids become ``<run_name>-<i>`` (i = video index of this process);
+            ``None`` gives unique ``<date>-<time>-<shortid>`` ids.
+        fps: Frames per second of ``video.mp4`` (and the shards' ``fps`` field).
+        write_video: Decode through the codec and write ``video.mp4``.
+        backbone_checkpoint: Local weights for the backbone (safetensors, Lightning ``.ckpt``
+            or an upstream generator checkpoint), loaded strictly; ``None`` keeps the
+            initialisation (seeded by ``seed_everything``).
+        progress: Show a per-video progress bar (blocks done, frames/s) on stderr.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        memory: RetrievalMemory,
+        text_encoder: nn.Module,
+        codec: nn.Module,
+        schedule: FlowMatchSchedule,
+        num_frames: int = 120,
+        frames_per_block: int = 3,
+        window: int = 12,
+        sink: int = 1,
+        budget: Literal["replace", "add"] = "replace",
+        channels: int | None = None,
+        height: int = 8,
+        width: int = 8,
+        out_dir: str = "runs",
+        store_uri: str = "runs/memory.lancedb",
+        run_name: str | None = None,
+        fps: float = 16.0,
+        write_video: bool = True,
+        backbone_checkpoint: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "memory", "text_encoder", "codec",
+                                          "schedule"])
+        _check_knobs(num_frames, frames_per_block, window, sink, budget, run_name)
+        self.backbone, self.memory = backbone, memory
+        self.text_encoder, self.codec, self.schedule = text_encoder, codec, schedule
+        self.channels = channels if channels is not None else getattr(codec, "channels", None)
+        if self.channels is None:
+            raise ValueError("GeneratorModule: set `channels` (the codec has no `channels`).")
+        self._hashes: dict[str, str] = {}
+        if backbone_checkpoint is not None:
+            self._load_backbone(backbone_checkpoint)
+        self._resume_id: str | None = None
+        self._video_index = 0
+        self._store: MemoryStore | None = None
+        #: Per-run ``{"run_id", "frames", "seconds", "frames_per_s"}`` of this process (benchmarks).
+        self.run_stats: list[dict[str, Any]] = []
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _load_backbone(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"model.init_args.backbone_checkpoint: {path} does not exist. Put the weights of "
+                f"the {type(self.backbone).__name__} backbone (.safetensors, Lightning .ckpt or "
+                f"an upstream generator .pt) at {Path(path).resolve()}, or set "
+                "backbone_checkpoint: null to sample from the seeded random initialisation."
+            )
+        load_backbone_weights(self.backbone, path)
+        self._hashes["backbone_checkpoint"] = checkpoint_hash(path)
+
+    def checkpoint_hashes(self) -> dict[str, str]:
+        """Hashes identifying the weights (file hash and a digest of the backbone tensors)."""
+        if "backbone_weights" not in self._hashes:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.backbone.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+            self._hashes["backbone_weights"] = digest.hexdigest()
+        embedder = getattr(self.memory, "embedder_path", None)
+        if embedder and Path(embedder).is_file() and "embedder" not in self._hashes:
+            self._hashes["embedder"] = checkpoint_hash(embedder)
+        return dict(self._hashes)
+
+    def set_resume(self, run_id: str) -> None:
+        """Continue the interrupted run ``run_id`` instead of starting new ones.
+
+        The prompt, seed and finished blocks come from the store and the run directory; the
+        batches of the datamodule are then ignored.
+        """
+        self._resume_id = run_id
+
+    def on_predict_start(self) -> None:  # noqa: D102
+        self._store = MemoryStore(self.hparams.store_uri)
+        self._video_index = 0
+
+    def _config_yaml(self) -> str:
+        """The resolved config of this process (LightningCLI's), else the module's knobs."""
+        from lightning.pytorch.cli import SaveConfigCallback
+
+        trainer = self._trainer
+        for callback in trainer.callbacks if trainer is not None else []:
+            if isinstance(callback, SaveConfigCallback):
+                return callback.parser.dump(callback.config, skip_none=False)
+        knobs = dict(self.hparams)
+        for name in ("backbone", "memory", "text_encoder", "codec", "schedule"):
+            obj = getattr(self, name)
+            knobs[name] = {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}"}
+        return yaml.safe_dump({"model": knobs}, sort_keys=False)
+
+    def _new_run_id(self) -> str:
+        index = self._video_index
+        self._video_index += 1
+        if self.trainer.world_size > 1:
+            index = f"r{self.global_rank}-{index}"  # ranks see disjoint prompt subsets
+        if self.hparams.run_name is not None:
+            return f"{self.hparams.run_name}-{index}"
+        return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+    def _outputs(self, run_id: str, prompt: str, seed: int) -> RunOutputs:
+        meta = {"prompt": prompt, "fps": self.hparams.fps, "seed": seed, "run_id": run_id,
+                "producer": "lrag predict"}
+        return RunOutputs(Path(self.hparams.out_dir) / run_id, run_id, meta, self.hparams.fps,
+                          self.hparams.write_video)
+
+    # -- predict ---------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, list], batch_idx: int = 0) -> dict[str, list]:
+        """Generate one video per prompt of ``batch`` (or continue the ``--resume`` run).
+
+        Args:
+            batch: ``{"prompts": list[str], "seeds": list[int]}``.
+            batch_idx: Index of the batch.
+
+        Returns:
+            ``{"run_ids": [...], "dirs": [...]}`` of the runs written.
+        """
+        if self._resume_id is not None:
+            if batch_idx > 0:
+                return {"run_ids": [], "dirs": []}  # a resume continues exactly one run
+            runs = [self._resumed_run(self._resume_id)]
+        else:
+            if len(batch["prompts"]) != len(batch["seeds"]):
+                raise ValueError(f"batch {batch_idx}: {len(batch['prompts'])} prompts but "
+                                 f"{len(batch['seeds'])} seeds; give one seed per prompt.")
+            runs = [self._new_run(p, int(s)) for p, s in zip(batch["prompts"], batch["seeds"])]
+        for run in runs:
+            self._generate(run)
+        return {"run_ids": [r.run_id for r in runs],
+                "dirs": [str(r.outputs.dir) for r in runs]}
+
+    def _new_run(self, prompt: str, seed: int) -> _Run:
+        run_id = self._new_run_id()
+        outputs = self._outputs(run_id, prompt, seed)
+        config = self._config_yaml()
+        outputs.write_config(config)
+        self._store.start_run(RunInfo(
+            run_id=run_id, config_yaml=config, backbone=_class_path(self.backbone),
+            checkpoint_hashes=self.checkpoint_hashes(), prompts=[prompt], seed=seed,
+            frames_planned=self.hparams.num_frames,
+        ))
+        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs)
+
+    def _resumed_run(self, run_id: str) -> _Run:
+        info = self._store.get_run(run_id)
+        if info is None:
+            raise SystemExit(f"--resume {run_id}: no such run in {self.hparams.store_uri}; "
+                             "list runs with `lrag memory runs`.")
+        if info["status"] == "complete":
+            raise SystemExit(f"--resume {run_id}: the run is already complete.")
+        self._check_resume_config(info)
+        prompt, seed = info["prompts"][0], int(info["seed"])
+        outputs = self._outputs(run_id, prompt, seed)
+        done = self._store.completed_blocks(run_id)
+        outputs.drop_blocks_from(done)
+        latents = outputs.read_blocks(done)
+        log.info("resuming %s after %d finished blocks", run_id, done)
+        self._store.set_status(run_id, "running")
+        resume = latents[None].to(self.device) if done else None
+        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
+                    done_blocks=done, resume_latents=resume)
+
+    def _check_resume_config(self, info: dict) -> None:
+        stored = (yaml.safe_load(info["config_yaml"]) or {}).get("model", {})
+        current = (yaml.safe_load(self._config_yaml()) or {}).get("model", {})
+        stored, current = stored.get("init_args", stored), current.get("init_args", current)
+        changed = [k for k in _LATENT_KNOBS if k in stored and stored.get(k) != current.get(k)]
+        theirs = info["checkpoint_hashes"].get("backbone_weights")
+        if theirs is not None and theirs != self.checkpoint_hashes()["backbone_weights"]:
+            changed.append("backbone weights (seed_everything or backbone_checkpoint)")
+        if changed:
+            raise SystemExit(
+                f"--resume {info['run_id']}: the config differs from the run's in "
+                f"{', '.join(changed)}; resume with the config the run was started with "
+                f"(saved as {Path(self.hparams.out_dir) / info['run_id'] / 'config.yaml'})."
+            )
+
+    def _generate(self, run: _Run) -> Tensor:
+        store, hp = self._store, self.hparams
+        sampler = ARSampler(self.backbone, self.schedule, self.memory, hp.frames_per_block,
+                            hp.window, hp.sink, budget=hp.budget)
+        noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
+        try:
+            context = self.text_encoder([run.prompt]).to(self.device)
+            if run.resume_latents is not None:
+                run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
+            with _progress_bar(hp.progress) as bar:
+                run.progress = bar
+                run.task = bar.add_task(run.run_id, total=hp.num_frames // hp.frames_per_block,
+                                        completed=run.done_blocks, fps=0.0)
+                latents = sampler(noise, context, hp.num_frames,
+                                  on_block=lambda result: self._on_block(run, result),
+                                  resume_latents=run.resume_latents)
+            retrievals = store.retrievals(run.run_id).to_pydict()
+            run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
+                               hp.frames_per_block)
+            store.set_status(run.run_id, "complete")
+        except BaseException:
+            run.outputs.abort()
+            store.set_status(run.run_id, "failed")
+            raise
+        self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done,
+                               "seconds": run.seconds,
+                               "frames_per_s": run.frames_done / max(run.seconds, 1e-9)})
+        return latents
+
+    # -- per block -------------------------------------------------------------------------
+    def _decode(self, latents: Tensor) -> np.ndarray:
+        """uint8 ``[B, T, H', W', 3]`` frames of ``[B, F, C, H, W]`` latents."""
+        return self.codec.decode(latents).cpu().numpy()
+
+    def _on_block(self, run: _Run, result: BlockResult) -> None:
+        if result.block < run.done_blocks:
+            return  # replayed context pass of a block that is already on disk
+        latents = result.latents[0]  # one run per sampler call: batch of 1
+        location = run.outputs.write_block(result.block, result.start_frame, latents)
+        frames = self._decode(result.latents)[0]
+        run.outputs.write_video_frames(frames)
+        rows = self._frame_rows(run, result, location, frames)
+        self._store.add_block(run.run_id, result.block, rows, self._retrieval_rows(run, result))
+        run.frames_done += latents.shape[0]
+        run.seconds += result.seconds
+        self._log_block(run, result)
+
+    def _frame_rows(self, run: _Run, result: BlockResult, location, frames: np.ndarray
+                    ) -> list[FrameRow]:
+        f = result.latents.shape[1]
+        if result.descriptors is not None:
+            embeddings = result.descriptors[0].float().cpu().numpy()
+        else:  # native memories may compute no descriptor: spatial mean is zero-safe
+            embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
+        # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).
+        pick = np.linspace(0, len(frames) - 1, f).round().astype(int) if f > 1 else [0]
+        return [
+            FrameRow(run_id=run.run_id, frame_index=result.start_frame + j,
+                     block_index=result.block, embedding=embeddings[j].astype(np.float32),
+                     shard=location.shard, key=location.key,
+                     preview_png=png_preview(frames[pick[j]]))
+            for j in range(f)
+        ]
+
+    @staticmethod
+    def _retrieval_rows(run: _Run, result: BlockResult) -> list[RetrievalRow]:
+        record = result.retrieval
+        if record is None:
+            return []
+        frames, scores = record.frames[0].tolist(), record.scores[0].tolist()
+        return [RetrievalRow(run_id=run.run_id, block_index=result.block,
+                             query_frame=int(record.query_frame), rank=rank,
+                             retrieved_frame=int(frame), score=float(score))
+                for rank, (frame, score) in enumerate(zip(frames, scores))]
+
+    def _log_block(self, run: _Run, result: BlockResult) -> None:
+        f = result.latents.shape[1]
+        metrics = {"block_seconds": result.seconds,
+                   "frames_per_s": f / max(result.seconds, 1e-9)}
+        if result.retrieval is not None and result.retrieval.scores.numel():
+            scores = result.retrieval.scores[0].float()
+            metrics |= {"retrieval_top_score": scores.max().item(),
+                        "retrieval_mean_score": scores.mean().item()}
+        metrics["memory_pool_frames"] = float(self.memory.pool_size)
+        metrics["memory_kv_mib"] = self.memory.stored_bytes() / 2**20
+        run.stats = metrics
+        if self.logger is not None:
+            self.logger.log_metrics({f"{run.run_id}/{k}": v for k, v in metrics.items()},
+                                    step=result.block)
+        run.progress.update(run.task, advance=1,
+                            fps=run.frames_done / max(run.seconds, 1e-9))
+
+
+def _check_knobs(num_frames: int, frames_per_block: int, window: int, sink: int, budget: str,
+                 run_name: str | None) -> None:
+    if frames_per_block < 1 or num_frames < frames_per_block or num_frames % frames_per_block:
+        raise ValueError(
+            f"GeneratorModule: num_frames={num_frames} must be a positive multiple of "
+            f"frames_per_block={frames_per_block}."
+        )
+    if not 0 <= sink < window:
+        raise ValueError(f"GeneratorModule: need 0 <= sink ({sink}) < window ({window}).")
+    if budget not in ("replace", "add"):
+        raise ValueError(f"GeneratorModule: budget={budget!r}; use 'replace' or 'add'.")
+    if run_name is not None and not _RUN_NAME.match(run_name):
+        raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
+                         "and '-' only (it becomes a directory and a shard key).")
+
+
+def _class_path(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _progress_bar(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("blocks  {task.fields[fps]:.2f} frames/s"), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled)
