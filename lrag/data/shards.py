@@ -9,6 +9,7 @@ readable. See ``data/README.md`` for the format.
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -279,11 +280,16 @@ def resolve_shards(urls: str | os.PathLike | Iterable[str]) -> list[str]:
     return paths
 
 
-def decode_clip(sample: dict[str, Any]) -> Clip:
+def decode_clip(sample: dict[str, Any], validate: bool = True) -> Clip:
     """Turn a raw WebDataset sample (bytes per member) into a :class:`Clip`.
 
     Only ``.npy`` (``allow_pickle=False``) and JSON are decoded: the library's default decoders
     would also unpickle ``.pyd``/``.pickle`` members of an untrusted shard.
+
+    Args:
+        sample: ``{"__key__", "__url__", "latents.npy": bytes, "json": bytes}``.
+        validate: Check the latents with :func:`validate_latents` (``inspect`` turns this off
+            to count non-finite values instead of failing on them).
     """
     where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r}"
     missing = [ext for ext in (LATENTS_EXT, META_EXT) if ext not in sample]
@@ -296,18 +302,21 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
     except (ValueError, OSError) as err:
         raise LatentFormatError(f"{where}: cannot decode ({err}); the shard is corrupt, "
                                 "re-create it.") from err
-    validate_latents(latents, source=where)
+    if validate:
+        validate_latents(latents, source=where)
     return Clip(key=sample["__key__"], latents=latents, meta=meta)
 
 
-def iter_clips(urls: str | os.PathLike | Iterable[str]) -> Iterator[Clip]:
+def iter_clips(urls: str | os.PathLike | Iterable[str], validate: bool = True) -> Iterator[Clip]:
     """Read every clip of a shard set in order (no shuffling, no worker splitting).
 
     Args:
         urls: A folder of shards, a glob, a brace pattern, one ``.tar`` or a list of paths.
+        validate: Raise :class:`LatentFormatError` on malformed or non-finite latents.
     """
+    decode = decode_clip if validate else functools.partial(decode_clip, validate=False)
     dataset = wds.WebDataset(resolve_shards(urls), shardshuffle=False, nodesplitter=None,
-                             workersplitter=None, empty_check=False).map(decode_clip)
+                             workersplitter=None, empty_check=False).map(decode)
     yield from dataset
 
 
