@@ -35,6 +35,7 @@ DEFAULT_META: dict[str, Any] = {"prompt": "", "frame_offset": 0, "fps": None}
 #: so a key must not contain dots; we also keep it shell- and URL-friendly.
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-/]*$")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_MEMBER_MTIME = 0.0
 
 
 class LatentFormatError(ValueError):
@@ -228,7 +229,8 @@ class ShardWriter:
     def _open(self) -> None:
         tmp = self.out_dir / (self._current_name + ".tmp")
         # encoder=False: we hand over bytes; the default encoder would also pickle objects.
-        self._tar = wds.TarWriter(str(tmp), encoder=False)
+        # A fixed member mtime makes shards byte-reproducible (same clips, same file).
+        self._tar = wds.TarWriter(str(tmp), encoder=False, mtime=_MEMBER_MTIME)
         self._count = 0
 
     def _finish(self) -> None:

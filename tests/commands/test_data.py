@@ -144,3 +144,16 @@ def test_import_skip_bad_skips_every_bad_file(good_folder, tmp_path):
 def test_inspect_missing_folder_mentions_synth(tmp_path):
     with pytest.raises(SystemExit, match="lrag data synth"):
         main(["inspect", str(tmp_path / "none")])
+
+
+def test_synth_output_is_byte_reproducible_and_matches_shipped_sample(tmp_path):
+    """data/sample must be exactly what `make sample-data` regenerates."""
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample"
+    main(["synth", str(tmp_path), "--clips", "6", "--frames", "24", "--height", "8", "--width",
+          "8", "--shard-size", "3", "--seed", "0"])
+    fresh = sorted(tmp_path.glob("*.tar"))
+    assert [p.name for p in fresh] == sorted(p.name for p in sample.glob("*.tar"))
+    for path in fresh:
+        assert path.read_bytes() == (sample / path.name).read_bytes(), path.name
