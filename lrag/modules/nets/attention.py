@@ -236,6 +236,8 @@ class KVCache:
     slot_frames: list[int] = field(default_factory=list)
     global_end: int = 0
     on_evict: Callable[[EvictedKV], None] | None = None
+    reference_cpu_alias: bool = False
+    _pending: EvictedKV | None = field(default=None, repr=False)
 
     @classmethod
     def empty(
@@ -250,15 +252,23 @@ class KVCache:
         device: torch.device | str = "cpu",
         theta: float = 10000.0,
         on_evict: Callable[[EvictedKV], None] | None = None,
+        reference_cpu_alias: bool = False,
     ) -> KVCache:
-        """Zeroed cache for ``num_layers`` layers; ``grid_hw`` is the token grid of one frame."""
+        """Zeroed cache for ``num_layers`` layers; ``grid_hw`` is the token grid of one frame.
+
+        ``reference_cpu_alias`` reproduces the reference's CPU eviction aliasing (see
+        :meth:`finish`); only for matching its CPU golden fixture.
+        """
         tpf = grid_hw[0] * grid_hw[1]
         shape = (batch, policy.window * tpf, num_heads, head_dim)
         layers = [
             LayerKV(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(num_layers)
         ]
-        return cls(policy, tpf, tuple(grid_hw), layers, head_dim, theta, on_evict=on_evict)
+        return cls(
+            policy, tpf, tuple(grid_hw), layers, head_dim, theta, on_evict=on_evict,
+            reference_cpu_alias=reference_cpu_alias,
+        )
 
     @property
     def num_filled(self) -> int:
@@ -272,14 +282,37 @@ class KVCache:
         ev_k, ev_v = [], []
         keep = self.num_filled - s - count
         for layer in self.layers:
-            b, _, h, d = layer.k.shape
-            ev_k.append(layer.k[:, s * t : (s + count) * t].clone().view(b, count, t, h, d))
-            ev_v.append(layer.v[:, s * t : (s + count) * t].clone().view(b, count, t, h, d))
+            if not self.reference_cpu_alias:
+                ev_k.append(self._frames_of(layer.k, s, count))
+                ev_v.append(self._frames_of(layer.v, s, count))
             layer.k[:, s * t : (s + keep) * t] = layer.k[:, (s + count) * t : (s + count + keep) * t].clone()
             layer.v[:, s * t : (s + keep) * t] = layer.v[:, (s + count) * t : (s + count + keep) * t].clone()
         self.slot_frames = self.slot_frames[:s] + self.slot_frames[s + count :]
+        self._pending = EvictedKV(frames, ev_k, ev_v)
+
+    def _frames_of(self, buf: Tensor, first: int, count: int) -> Tensor:
+        """Slots ``[first, first+count)`` of a buffer as ``[B, count, tokens, heads, head_dim]`` (a copy)."""
+        b, _, h, d = buf.shape
+        t = self.tokens_per_frame
+        return buf[:, first * t : (first + count) * t].clone().view(b, count, t, h, d)
+
+    def finish(self) -> None:
+        """End of a forward: hand the frames evicted by it to ``on_evict``.
+
+        With ``reference_cpu_alias`` the handed K/V are the evicted slots' contents
+        *after* the roll and this forward's writes: the reference's CPU path keeps
+        views into the rolled buffer (``.to("cpu")`` is a no-op on CPU), and its
+        golden fixture was generated that way. On GPU it copies the true frames.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if self.reference_cpu_alias:
+            s, n = self.policy.sink, len(pending.frames)
+            pending.k = [self._frames_of(layer.k, s, n) for layer in self.layers]
+            pending.v = [self._frames_of(layer.v, s, n) for layer in self.layers]
         if self.on_evict is not None:
-            self.on_evict(EvictedKV(frames, ev_k, ev_v))
+            self.on_evict(pending)
 
     def _locate(self, start_frame: int, num_frames: int) -> tuple[int, int]:
         """Evict if needed and return the block's slot range ``(local_start, local_end)``."""

@@ -235,13 +235,14 @@ class CausalWanModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         on_evict: Callable[[EvictedKV], None] | None = None,
+        reference_cpu_alias: bool = False,
     ) -> KVCache:
-        """Empty :class:`KVCache` for latents of ``height x width``."""
+        """Empty :class:`KVCache` for latents of ``height x width`` (see ``KVCache.empty``)."""
         device = device if device is not None else self.patch_embedding.weight.device
         cfg = self.config
         return KVCache.empty(
             policy, cfg.num_layers, batch, self.token_grid(height, width), cfg.num_heads, cfg.head_dim,
-            dtype, device, cfg.rope_theta, on_evict,
+            dtype, device, cfg.rope_theta, on_evict, reference_cpu_alias,
         )
 
     def _embed(self, x: Tensor, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -309,7 +310,9 @@ class CausalWanModel(nn.Module):
         if self.config.patch_size[0] != 1:
             raise ValueError("the causal forward needs patch_size[0] == 1 (one latent frame per token frame)")
         plan = cache.begin(start_frame, x.shape[1], memory)
-        return self._run(x, t, context, lambda i: lambda q, k, v: cache.attend(plan, i, q, k, v, memory))
+        flow = self._run(x, t, context, lambda i: lambda q, k, v: cache.attend(plan, i, q, k, v, memory))
+        cache.finish()
+        return flow
 
     def forward_bidirectional(self, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
         """Full (non-causal) attention over all frames, no cache.

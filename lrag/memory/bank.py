@@ -1,0 +1,235 @@
+"""RetrievalMemory: frame descriptors, the evicted-frame pool and where its KV lives.
+
+The KV cache hands every evicted frame's un-roped K/V to :meth:`RetrievalMemory.store`;
+at the start of a block :meth:`retrieve` picks the top-K older frames by cosine
+similarity of descriptors, and :meth:`gather` moves their K/V to the compute device
+once for the whole block (all layers, all denoising calls).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from lrag.memory.retrieval import cosine_topk, num_eligible
+from lrag.modules.nets.attention import EvictedKV, MemoryKV
+
+__all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTORS = ("avg_pool", "ae")
+KV_TIERS = ("device", "host", "recompute")
+
+# (global frame indices) -> (per-layer K, per-layer V), each [B, n, tokens, heads, head_dim].
+RecomputeFn = Callable[[list[int]], tuple[list[Tensor], list[Tensor]]]
+
+
+@dataclass
+class RetrievalRecord:
+    """One block's retrieval.
+
+    Attributes:
+        query_frame: First frame of the block (the query descriptor is the frame before it).
+        frames: ``[B, k]`` global frame indices, most similar first.
+        scores: ``[B, k]`` cosine similarities.
+    """
+
+    query_frame: int
+    frames: Tensor
+    scores: Tensor
+
+
+@dataclass
+class _Stored:
+    """One evicted frame: K/V ``[layers, B, tokens, heads, head_dim]`` or None (recompute tier)."""
+
+    k: Tensor | None
+    v: Tensor | None
+
+
+def _to_host(t: Tensor) -> Tensor:
+    if not t.is_cuda:
+        return t.clone()
+    # Pinned so the per-block host->device copy in gather() can run asynchronously.
+    dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return dst.copy_(t, non_blocking=True)
+
+
+class RetrievalMemory:
+    """Top-K retrieval of evicted frames by descriptor similarity.
+
+    Args:
+        memory_size: K, frames retrieved per block; 0 is the native sliding-window
+            baseline through the same code (evicted frames are dropped).
+        recent_exclude: R, the newest evicted frames that are never candidates.
+        descriptor: ``"avg_pool"`` (spatial mean of the latent frame, ``[C]``) or
+            ``"ae"`` (L2-normalised embedding of a frame embedder).
+        embedder_path: Embedder checkpoint for ``descriptor: ae`` (reference ``.pt``,
+            our ``.safetensors`` or a Lightning ``.ckpt``).
+        kv_tier: Where evicted frames' K/V live: ``"device"`` (the compute device),
+            ``"host"`` (CPU memory, pinned when CUDA is available) or ``"recompute"``
+            (nothing stored; K/V are rebuilt from the clean latent by a hook that the
+            sampler installs - an approximation, see :meth:`set_recompute`).
+    """
+
+    def __init__(
+        self,
+        memory_size: int = 6,
+        recent_exclude: int = 5,
+        descriptor: str = "avg_pool",
+        embedder_path: str | None = None,
+        kv_tier: str = "host",
+    ) -> None:
+        if memory_size < 0 or recent_exclude < 0:
+            raise ValueError(
+                f"RetrievalMemory: memory_size ({memory_size}) and recent_exclude ({recent_exclude}) must be >= 0"
+            )
+        if descriptor not in DESCRIPTORS:
+            raise ValueError(f"RetrievalMemory.descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
+        if kv_tier not in KV_TIERS:
+            raise ValueError(f"RetrievalMemory.kv_tier must be one of {KV_TIERS}, got {kv_tier!r}")
+        if descriptor == "ae" and embedder_path is None:
+            log.info("descriptor 'ae' without embedder_path: call set_embedder() before sampling")
+        self.memory_size = memory_size
+        self.recent_exclude = recent_exclude
+        self.descriptor = descriptor
+        self.embedder_path = embedder_path
+        self.kv_tier = kv_tier
+        self.embedder: nn.Module | None = None
+        self._recompute: RecomputeFn | None = None
+        self.reset()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all frames (start of a new video)."""
+        self._descriptors: list[Tensor] = []  # per frame [B, D]
+        self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
+        self._pool: list[_Stored] = []
+        self.records: list[RetrievalRecord] = []
+
+    def set_embedder(self, embedder: nn.Module) -> None:
+        """Use an in-memory embedder (must have ``encode([N,C,H,W]) -> [N,D]``)."""
+        self.embedder = embedder.eval()
+
+    def set_recompute(self, fn: RecomputeFn | None) -> None:
+        """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
+        self._recompute = fn
+
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool)
+
+    @property
+    def num_descriptors(self) -> int:
+        return len(self._descriptors)
+
+    # -- descriptors -------------------------------------------------------------------
+    def _load_embedder(self) -> nn.Module:
+        if self.embedder is None:
+            if self.embedder_path is None:
+                raise ValueError("RetrievalMemory(descriptor='ae') needs embedder_path (or set_embedder())")
+            from lrag.modules.nets.autoencoder import load_embedder
+
+            self.embedder = load_embedder(self.embedder_path).eval()
+        return self.embedder
+
+    @torch.no_grad()
+    def describe(self, frames: Tensor) -> Tensor:
+        """Compute and remember one descriptor per frame.
+
+        Args:
+            frames: Clean latents ``[B, f, C, H, W]`` of consecutive new frames.
+
+        Returns:
+            ``[B, f, D]`` descriptors.
+        """
+        out = []
+        for j in range(frames.shape[1]):  # per frame, as the reference does (batch = B)
+            frame = frames[:, j]
+            if self.descriptor == "ae":
+                emb = self._load_embedder()
+                p = next(emb.parameters())
+                desc = emb.encode(frame.to(device=p.device, dtype=p.dtype)).to(frame.device)
+            else:
+                desc = frame.mean(dim=(-2, -1))
+            self._descriptors.append(desc)
+            out.append(desc)
+        return torch.stack(out, dim=1)
+
+    def descriptors(self) -> Tensor:
+        """All descriptors so far, ``[B, frames, D]``."""
+        return torch.stack(self._descriptors, dim=1)
+
+    # -- the pool ----------------------------------------------------------------------
+    def store(self, evicted: EvictedKV) -> None:
+        """KV-cache eviction callback: keep the frames (or nothing, for native)."""
+        if self.memory_size == 0:
+            return
+        k = torch.stack(evicted.k, dim=0)  # (layers, B, n, tokens, heads, head_dim)
+        v = torch.stack(evicted.v, dim=0)
+        for j, frame in enumerate(evicted.frames):
+            self._pool_frames.append(frame)
+            self._pool.append(self._place(k[:, :, j], v[:, :, j]))
+
+    def _place(self, k: Tensor, v: Tensor) -> _Stored:
+        if self.kv_tier == "recompute":
+            return _Stored(None, None)
+        if self.kv_tier == "device":
+            return _Stored(k.clone(), v.clone())
+        return _Stored(_to_host(k), _to_host(v))
+
+    def retrieve(self, query_frame: int) -> RetrievalRecord | None:
+        """Top-K pool frames for the block starting at ``query_frame`` (None if none)."""
+        if self.memory_size == 0:
+            return None
+        eligible = num_eligible(len(self._pool), self.recent_exclude)
+        if eligible == 0 or not self._descriptors:
+            return None
+        query = self._descriptors[-1]
+        candidates = torch.stack([self._descriptors[f] for f in self._pool_frames[:eligible]], dim=1)
+        scores, idx = cosine_topk(query, candidates, min(self.memory_size, eligible))
+        frames = torch.tensor(self._pool_frames, device=idx.device)[idx]
+        record = RetrievalRecord(query_frame, frames, scores)
+        self.records.append(record)
+        log.debug("retrieval q=%d frames=%s scores=%s", query_frame, frames.tolist(), scores.tolist())
+        return record
+
+    def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
+        """The retrieved frames' K/V on ``device``: one copy per block, shared by every call."""
+        if record is None:
+            return None
+        pos = {f: i for i, f in enumerate(self._pool_frames)}
+        b, k_sel = record.frames.shape
+        if self.kv_tier == "recompute":
+            return self._gather_recomputed(record, device)
+        ks, vs = [], []
+        for bi in range(b):
+            picked = [self._pool[pos[int(f)]] for f in record.frames[bi]]
+            ks.append(torch.stack([p.k[:, bi] for p in picked], dim=1))  # (layers, k, tokens, h, d)
+            vs.append(torch.stack([p.v[:, bi] for p in picked], dim=1))
+        k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
+        v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
+        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel)
+
+    def _gather_recomputed(self, record: RetrievalRecord, device: torch.device | str) -> MemoryKV:
+        if self._recompute is None:
+            raise RuntimeError("kv_tier 'recompute' needs a hook: the sampler installs it via set_recompute()")
+        b, k_sel = record.frames.shape
+        ks, vs = [], []
+        for bi in range(b):
+            k_l, v_l = self._recompute([int(f) for f in record.frames[bi]])
+            ks.append(torch.stack([k[bi] for k in k_l]))  # (layers, k, tokens, h, d)
+            vs.append(torch.stack([v[bi] for v in v_l]))
+        k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
+        v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
+        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel)
+
+    def stored_bytes(self) -> int:
+        """Bytes of K/V held by the pool (0 for the recompute tier)."""
+        return sum(s.k.numel() * s.k.element_size() * 2 for s in self._pool if s.k is not None)

@@ -1,0 +1,77 @@
+"""Pure retrieval rules: candidate set, recency guard, cosine top-K.
+
+The memory pool holds frames evicted from the KV window in chronological order, so
+pool index ``i`` is global frame ``sink + i``. These functions follow the reference
+rule exactly (README of ``tests/fixtures/wan_reference``, "Retrieval rule").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["candidate_indices", "cosine_similarity", "cosine_topk", "num_eligible"]
+
+_EPS = 1e-8  # the reference adds it to the norms (not clamps), so keep that form
+
+
+def num_eligible(num_evicted: int, recent_exclude: int) -> int:
+    """Pool entries that may be retrieved: all but the ``recent_exclude`` newest.
+
+    The newest evicted frames sit right next to the local window, so retrieving
+    them adds little; the reference excludes them.
+
+    >>> num_eligible(5, 1), num_eligible(1, 3)
+    (4, 0)
+    """
+    if num_evicted < 0 or recent_exclude < 0:
+        raise ValueError(f"num_evicted ({num_evicted}) and recent_exclude ({recent_exclude}) must be >= 0")
+    return max(num_evicted - recent_exclude, 0)
+
+
+def candidate_indices(num_evicted: int, recent_exclude: int) -> range:
+    """Pool indices of the candidates (the oldest evicted frames)."""
+    return range(num_eligible(num_evicted, recent_exclude))
+
+
+def cosine_similarity(query: Tensor, candidates: Tensor) -> Tensor:
+    """Reference cosine ``(q/(|q|+1e-8)) . (c/(|c|+1e-8))``.
+
+    Args:
+        query: ``[B, D]``.
+        candidates: ``[B, N, D]``.
+
+    Returns:
+        ``[B, N]`` similarities.
+    """
+    if query.ndim != 2 or candidates.ndim != 3 or candidates.shape[::2] != query.shape:
+        raise ValueError(
+            f"cosine_similarity: need query [B, D] and candidates [B, N, D], got "
+            f"{tuple(query.shape)} and {tuple(candidates.shape)}"
+        )
+    q = query.unsqueeze(1)
+    q = q / (q.norm(dim=-1, keepdim=True) + _EPS)
+    c = candidates / (candidates.norm(dim=-1, keepdim=True) + _EPS)
+    return torch.bmm(c, q.transpose(1, 2)).squeeze(-1)
+
+
+def cosine_topk(query: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` candidates by cosine similarity, most similar first.
+
+    Ties are broken towards the smaller index, i.e. the older frame (a stable
+    descending sort), so the result never depends on the backend's top-k.
+
+    Args:
+        query: ``[B, D]`` descriptor of the query frame.
+        candidates: ``[B, N, D]`` descriptors of the candidates, in pool order.
+        k: Number to keep; must satisfy ``1 <= k <= N``.
+
+    Returns:
+        ``(scores [B, k], indices [B, k])`` with indices into ``candidates``.
+    """
+    n = candidates.shape[1] if candidates.ndim == 3 else -1
+    if not 1 <= k <= n:
+        raise ValueError(f"cosine_topk: k must be in [1, N={n}], got {k}")
+    sims = cosine_similarity(query, candidates)
+    scores, indices = torch.sort(sims, dim=-1, descending=True, stable=True)
+    return scores[:, :k], indices[:, :k]
