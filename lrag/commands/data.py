@@ -19,8 +19,13 @@ import numpy as np
 import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from lrag.data.shards import LatentFormatError, ShardWriter, iter_clips, resolve_shards
-from lrag.data.shards import validate_latents
+from lrag.data.shards import (
+    LatentFormatError,
+    ShardWriter,
+    iter_clips,
+    resolve_shards,
+    validate_latents,
+)
 from lrag.data.synthetic import KINDS, SYNTH_FPS, synth_clips
 
 log = logging.getLogger(__name__)

@@ -98,18 +98,14 @@ class RandomWindows(wds.PipelineStage):
             yield make_sample(clip, self.seq_len, self.seed, self.epoch)
 
 
-def _fixed_window(clip: Clip, seq_len: int, seed: int) -> dict[str, Any]:
-    return make_sample(clip, seq_len, seed, _VAL_EPOCH)
-
-
-class _BoundFixedWindow:
-    """Picklable ``clip -> sample`` with fixed parameters (lambdas cannot cross to workers)."""
+class _FixedWindow:
+    """Picklable ``clip -> sample`` with the validation epoch (lambdas cannot cross to workers)."""
 
     def __init__(self, seq_len: int, seed: int) -> None:
         self.seq_len, self.seed = seq_len, seed
 
     def __call__(self, clip: Clip) -> dict[str, Any]:
-        return _fixed_window(clip, self.seq_len, self.seed)
+        return make_sample(clip, self.seq_len, self.seed, _VAL_EPOCH)
 
 
 def split_shards(shards: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -243,7 +239,7 @@ class LatentShardDataModule(L.LightningDataModule):
             wds.WebDataset(self.val_shards, shardshuffle=False, nodesplitter=wds.split_by_node,
                            workersplitter=wds.split_by_worker, empty_check=False)
             .map(decode_clip)
-            .map(_BoundFixedWindow(self.seq_len, self.seed))
+            .map(_FixedWindow(self.seq_len, self.seed))
         )
         return DataLoader(dataset, batch_size=self.device_batch_size, num_workers=workers,
                           collate_fn=collate_windows, persistent_workers=workers > 0)

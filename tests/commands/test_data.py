@@ -134,7 +134,10 @@ def test_import_rejects_bad_file_naming_it_and_keeps_accepted_clips(good_folder,
 def test_import_skip_bad_skips_every_bad_file(good_folder, tmp_path):
     for name, bad in _bad_files().items():
         path = good_folder / name
-        np.save(path, bad) if name.endswith(".npy") else torch.save(bad, path)
+        if name.endswith(".npy"):
+            np.save(path, bad)
+        else:
+            torch.save(bad, path)
     report = main(["import", str(good_folder), str(tmp_path / "dst"), "--skip-bad"])
     assert report.written == 3
     assert sorted(p.split("/")[-1] for p in report.skipped) == sorted(_bad_files())
