@@ -288,7 +288,7 @@ class MemoryStore:
             "frames", f"run_id = {sql_quote(run_id)}", ["block_index", "frame_index"]
         ).to_pydict()
         by_block: dict[int, list[int]] = {}
-        for b, f in zip(rows["block_index"], rows["frame_index"]):
+        for b, f in zip(rows["block_index"], rows["frame_index"], strict=False):
             by_block.setdefault(b, []).append(f)
         count, next_frame = 0, 0
         while count in by_block:
