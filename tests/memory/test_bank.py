@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from lrag.memory.bank import RetrievalMemory
+from lrag.modules.nets.attention import EvictedKV
+
+
+def _evicted(frames: list[int], layers: int = 2) -> EvictedKV:
+    # K of frame f is filled with f, V with -f: [B=1, n, tokens=2, heads=1, head_dim=4]
+    k = torch.stack([torch.full((1, 2, 1, 4), float(f)) for f in frames], dim=1)
+    return EvictedKV(frames, [k.clone() for _ in range(layers)], [-k.clone() for _ in range(layers)])
+
+
+def _frames(values: list[list[float]]) -> torch.Tensor:
+    """[1, f, C, 2, 2] latents whose spatial mean is the given C-vector per frame."""
+    return torch.tensor(values, dtype=torch.float32)[None, :, :, None, None].expand(1, len(values), len(values[0]), 2, 2).clone()
+
+
+def test_avg_pool_descriptors_and_retrieval_record() -> None:
+    mem = RetrievalMemory(memory_size=2, recent_exclude=1, kv_tier="device")
+    mem.describe(_frames([[1, 0], [0, 1], [1, 0.1], [0, 1], [1, 0]]))  # frames 0..4
+    assert mem.descriptors().shape == (1, 5, 2)
+    assert mem.retrieve(query_frame=5) is None  # nothing evicted yet
+    mem.store(_evicted([1, 2, 3]))
+    record = mem.retrieve(query_frame=5)
+    # query = frame 4 ([1, 0]); candidates frames 1, 2 (frame 3 is the R=1 newest): 2 is closer.
+    assert record.frames.tolist() == [[2, 1]]
+    assert record.scores[0, 0] > record.scores[0, 1]
+    kv = mem.gather(record, "cpu")
+    assert kv.num_frames == 2 and len(kv.k) == 2
+    assert kv.k[1].shape == (1, 4, 1, 4)
+    assert torch.all(kv.k[0][:, :2] == 2.0) and torch.all(kv.v[0][:, 2:] == -1.0)
+    assert mem.records == [record]
+
+
+def test_native_memory_drops_evicted_frames() -> None:
+    mem = RetrievalMemory(memory_size=0, recent_exclude=0)
+    mem.describe(_frames([[1, 0], [0, 1]]))
+    mem.store(_evicted([1]))
+    assert mem.pool_size == 0 and mem.retrieve(2) is None and mem.stored_bytes() == 0
+
+
+def test_host_tier_copies_and_recompute_tier_uses_the_hook() -> None:
+    host = RetrievalMemory(1, 0, kv_tier="host")
+    ev = _evicted([1])
+    host.store(ev)
+    ev.k[0].zero_()  # the cache buffer may be reused: the pool must own its copy
+    host.describe(_frames([[1, 0], [1, 0]]))
+    assert torch.all(host.gather(host.retrieve(2), "cpu").k[0] == 1.0)
+    assert host.stored_bytes() > 0
+
+    rec = RetrievalMemory(1, 0, kv_tier="recompute")
+    rec.store(_evicted([1]))
+    rec.describe(_frames([[1, 0], [1, 0]]))
+    assert rec.stored_bytes() == 0
+    record = rec.retrieve(2)
+    with pytest.raises(RuntimeError, match="set_recompute"):
+        rec.gather(record, "cpu")
+    rec.set_recompute(lambda frames: ([torch.full((1, len(frames), 2, 1, 4), 7.0)] * 2,
+                                      [torch.full((1, len(frames), 2, 1, 4), 8.0)] * 2))
+    assert torch.all(rec.gather(record, "cpu").k[1] == 7.0)
+
+
+def test_ae_descriptor_uses_the_embedder_encode() -> None:
+    class Embed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(x.mean(dim=(-2, -1)) * self.w + 1, dim=-1)
+
+    mem = RetrievalMemory(2, 1, descriptor="ae")
+    mem.set_embedder(Embed())
+    d = mem.describe(_frames([[3, 0], [0, 0]]))
+    assert torch.allclose(d.norm(dim=-1), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("kwargs, field", [({"descriptor": "pca"}, "descriptor"), ({"kv_tier": "disk"}, "kv_tier"),
+                                           ({"memory_size": -1}, "memory_size")])
+def test_bad_knobs_raise(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetrievalMemory(**kwargs)
+
+
+def test_ae_without_embedder_raises_naming_the_knob() -> None:
+    mem = RetrievalMemory(2, 1, descriptor="ae")
+    with pytest.raises(ValueError, match="embedder_path"):
+        mem.describe(_frames([[1, 0]]))
