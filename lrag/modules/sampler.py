@@ -232,6 +232,7 @@ class ARSampler:
         num_frames: int,
         on_block: Callable[[BlockResult], None] | None = None,
         resume_latents: Tensor | None = None,
+        context_schedule: Callable[[int], Tensor] | None = None,
     ) -> Tensor:
         """Generate ``num_frames`` latent frames.
 
@@ -242,6 +243,10 @@ class ARSampler:
             on_block: Called after every newly generated block (not for replayed ones).
             resume_latents: ``[B, F_done, C, H, W]`` clean latents of finished blocks; their
                 context passes are replayed to rebuild cache, memory and descriptors.
+            context_schedule: Optional prompt switching: ``frame -> context`` queried at
+                every block start. When the context changes, the frames in the KV window
+                are re-encoded with the new context (see :meth:`_recache`); the retrieval
+                memory is kept.
 
         Returns:
             Latents ``[B, num_frames, C, H, W]``.
@@ -254,14 +259,61 @@ class ARSampler:
         done = self._check_resume(resume_latents, (b, c, h, w), num_frames)
         cache = self._new_cache(b, h, w, context)
         out = torch.empty(b, num_frames, c, h, w, dtype=context.dtype, device=context.device)
+        self._install_recompute(out, lambda: context)
         for block in range(num_frames // f):
             tic = time.perf_counter()
+            if context_schedule is not None:
+                new = context_schedule(block * f).to(context)
+                if not torch.equal(new, context):
+                    self._recache(cache, out, new)
+                context = new
             given = resume_latents[:, block * f : (block + 1) * f].to(out) if block < done else None
             x0, desc, record = self._block(cache, block, given, context, noise)
             out[:, block * f : (block + 1) * f] = x0
             if given is None and on_block is not None:
                 on_block(BlockResult(block, block * f, x0, desc, record, time.perf_counter() - tic))
         return out
+
+    def _recache(self, cache: KVCache, out: Tensor, context: Tensor) -> None:
+        """Prompt switch: re-encode the non-sink frames of the KV window with ``context``.
+
+        Like LongLive's re-cache after a switch, the window's clean latents are run once
+        more at ``t = context_noise`` under the new prompt, overwriting their K/V in
+        place (one forward over the whole window, full attention among those frames);
+        the sink keeps the old prompt's K/V and the retrieval pool is untouched.
+        """
+        sink = min(self.policy.sink, cache.num_filled)
+        if cache.num_filled <= sink:
+            return
+        start = cache.slot_frames[sink]
+        frames = out[:, start : cache.global_end]
+        t = torch.full(frames.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=frames.device)
+        self.backbone(frames, t, context, cache, start, None)
+
+    def _install_recompute(self, out: Tensor, context: Callable[[], Tensor]) -> None:
+        """For ``kv_tier: recompute``: rebuild a stored frame's K/V from its clean latent.
+
+        Each frame is re-encoded alone (attending only to itself) at ``t = context_noise``,
+        so the K/V approximate, and are not bit-identical to, the ones it had when it
+        was evicted (then it also attended to its sink and local window).
+        """
+        if self.memory.kv_tier != "recompute":
+            return
+        h, w = out.shape[-2:]
+
+        def rebuild(frames: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+            ks, vs = [], []
+            for frame in frames:
+                cache = self.backbone.new_cache(AttentionPolicy(1, 0), out.shape[0], h, w,
+                                                dtype=out.dtype, device=out.device)
+                x = out[:, frame : frame + 1]
+                t = torch.full(x.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=x.device)
+                self.backbone(x, t, context(), cache, 0, None)  # alone: its position is irrelevant
+                ks.append([layer.k.unsqueeze(1) for layer in cache.layers])
+                vs.append([layer.v.unsqueeze(1) for layer in cache.layers])
+            return [torch.cat(per, dim=1) for per in zip(*ks)], [torch.cat(per, dim=1) for per in zip(*vs)]
+
+        self.memory.set_recompute(rebuild)
 
     def _check_resume(self, resume: Tensor | None, frame: tuple[int, int, int, int], num_frames: int) -> int:
         if resume is None:

@@ -88,3 +88,26 @@ def test_bad_arguments_raise(model) -> None:
         sampler(SeededNoise(0, 1, 16, 4, 4, FPB), _context(model), 5)
     with pytest.raises(ValueError, match="resume_latents"):
         sampler(SeededNoise(0, 1, 16, 4, 4, FPB), _context(model), 8, resume_latents=torch.zeros(1, 3, 16, 4, 4))
+
+
+@torch.no_grad()
+def test_prompt_switch_changes_only_later_blocks(model) -> None:
+    ctx, noise = _context(model), SeededNoise(4, 1, 16, 4, 4, FPB)
+    other = torch.randn(1, 4, model.config.text_dim, generator=torch.Generator().manual_seed(9))
+    base = _sampler(model)(noise, ctx, 12)
+    same = _sampler(model)(noise, ctx, 12, context_schedule=lambda frame: ctx)
+    switched = _sampler(model)(noise, ctx, 12, context_schedule=lambda frame: ctx if frame < 6 else other)
+    assert torch.equal(same, base)
+    assert torch.equal(switched[:, :6], base[:, :6])
+    assert not torch.allclose(switched[:, 6:], base[:, 6:])
+
+
+@torch.no_grad()
+def test_recompute_tier_runs_and_retrieves(model) -> None:
+    schedule = FlowMatchSchedule(denoising_steps=[1000, 500])
+    memory = RetrievalMemory(2, 1, kv_tier="recompute")
+    results: list[BlockResult] = []
+    out = ARSampler(model, schedule, memory, FPB, WINDOW, SINK)(SeededNoise(1, 1, 16, 4, 4, FPB), _context(model),
+                                                                16, on_block=results.append)
+    assert torch.isfinite(out).all() and memory.stored_bytes() == 0
+    assert any(r.retrieval is not None for r in results)
