@@ -63,7 +63,7 @@ def sql_quote(value: str) -> str:
 
 def _is_conflict(err: Exception) -> bool:
     text = str(err).lower()
-    return any(word in text for word in ("conflict", "retry", "concurrent", "commit"))
+    return any(word in text for word in ("conflict", "retryable"))
 
 
 def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
