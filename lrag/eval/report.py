@@ -220,7 +220,8 @@ def markdown_report(results: list[RunResult], title: str = "Retrieval A/B report
     averaged over worlds (not the change of the averages), so one easy world cannot hide others.
     """
     agg = aggregate(results)
-    columns = _columns(results)
+    # Only the headline columns: every other scalar is in report.json.
+    columns = [c for c in _columns(results) if c in COLUMNS]
     worlds = list(dict.fromkeys(r.world for r in results))
     lines = [f"# {title}", "", f"Worlds: {len(worlds)}. Baseline: `{BASELINE}` "
              "(memory_size 0, same seeds, worlds and attention budget).", ""]

@@ -1,0 +1,257 @@
+"""A/B evaluation on procedural worlds: native vs retrieval, same seeds, worlds and budget.
+
+For every evaluation world the runner generates the video once per *variant* with the same
+backbone, noise seed, conditioning (prompt + the world's camera path) and attention window:
+
+* ``native``: ``memory_size 0`` (sliding window only);
+* ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``, or
+  ``ae:<path>`` for an embedder checkpoint) or ``oracle`` (pose/field-of-view retrieval from
+  the camera path, :class:`~lrag.modules.backbone_fit.GroundTruthMemory`).
+
+The generated latents are scored against the world's ground truth with the metrics of
+:mod:`lrag.eval.metrics`; :func:`lrag.eval.report.write_report` writes the A/B report.
+Generation follows training (:mod:`lrag.modules.backbone_fit`): a blank sink block is given
+as ``resume_latents`` when ``sink_mode`` is ``"blank"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lrag.data.ground_truth import landmark_sightings, relevant_frames, revisit_pairs
+from lrag.data.world import World, WorldConfig
+from lrag.data.world_datamodule import render_world
+from lrag.eval.functional import revisit_errors
+from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
+from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
+from lrag.memory.bank import RetrievalMemory
+from lrag.modules.backbone_fit import CameraConditioned, GroundTruthMemory
+from lrag.modules.conditioning import TinyTextEncoder
+from lrag.modules.nets.tiny import build_tiny
+from lrag.modules.sampler import ARSampler, SeededNoise
+from lrag.modules.schedule import FlowMatchSchedule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalSettings", "Variant", "load_conditioned_backbone", "run_eval", "variants"]
+
+
+@dataclass
+class EvalSettings:
+    """Everything one ``lrag eval`` run needs (the CLI fills it from YAML and flags)."""
+
+    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
+    num_frames: int = 48
+    backbone_preset: str = "tiny"
+    backbone_checkpoint: str | None = None
+    camera: str = "motion"
+    text_len: int = 8
+    frames_per_block: int = 3
+    window: int = 10
+    sink: int = 1
+    memory_size: int = 2
+    recent_exclude: int = 1
+    budgets: list[str] = field(default_factory=lambda: ["replace"])
+    positions: str = "slot"
+    memory_position: str = "zero"
+    sink_mode: str = "blank"
+    descriptors: list[str] = field(default_factory=lambda: ["avg_pool", "oracle"])
+    shift: float = 5.0
+    denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
+    height: int = 8
+    width: int = 8
+    channels: int = 16
+    revisit_min: int = 16
+    revisit_max: int = 40
+    train_seeds: list[int] = field(default_factory=list)
+    out_dir: str = "runs/eval"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the comparison: ``descriptor`` None = native."""
+
+    name: str
+    descriptor: str | None
+    budget: str
+
+
+def variants(s: EvalSettings) -> list[Variant]:
+    """``native`` plus one RAG variant per (descriptor, budget)."""
+    out = [Variant(BASELINE, None, s.budgets[0])]
+    for budget in s.budgets:
+        for desc in s.descriptors:
+            label = Path(desc[3:]).stem if desc.startswith("ae:") else desc
+            suffix = f"-{budget}" if len(s.budgets) > 1 else ""
+            out.append(Variant(f"rag-{label}{suffix}", desc, budget))
+    return out
+
+
+def load_conditioned_backbone(s: EvalSettings) -> CameraConditioned:
+    """The tiny backbone + camera adapter, from a ``BackboneFitModule`` checkpoint if given.
+
+    Without a checkpoint the weights are the seeded random initialisation (tests, smoke runs).
+    """
+    torch.manual_seed(0)
+    net = CameraConditioned(build_tiny(s.backbone_preset), s.camera)
+    if s.backbone_checkpoint is None:
+        log.warning("no backbone_checkpoint: evaluating a randomly initialised backbone")
+        return net.eval()
+    path = Path(s.backbone_checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone_checkpoint: {path} does not exist; train one with "
+            "`lrag fit --config configs/backbone/demo.yaml` and point to its .ckpt."
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("net."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+    if not state:
+        raise ValueError(f"{path}: no 'net.*' weights in 'state_dict'; is it a BackboneFitModule checkpoint?")
+    net.load_state_dict(state, strict=True)
+    _check_heldout(s, ckpt.get("datamodule_hyper_parameters", {}), path)
+    return net.eval()
+
+
+def _check_heldout(s: EvalSettings, data_hp: dict[str, Any], path: Path) -> None:
+    train = set(s.train_seeds)
+    if "num_worlds" in data_hp:
+        start = int(data_hp.get("seed_offset", 0))
+        train |= set(range(start, start + int(data_hp["num_worlds"])))
+    overlap = sorted(train & set(s.seeds))
+    if overlap:
+        raise ValueError(
+            f"seeds {overlap[:5]} were training worlds of {path}; evaluate on held-out worlds "
+            "(e.g. seeds >= 1000)."
+        )
+
+
+def _memory(s: EvalSettings, v: Variant, positions: Tensor) -> RetrievalMemory:
+    if v.descriptor is None:
+        return RetrievalMemory(0, s.recent_exclude, kv_tier="device")
+    if v.descriptor == "oracle":
+        mem = GroundTruthMemory(s.memory_size, s.recent_exclude, s.frames_per_block, (s.height, s.width),
+                                revisit_fraction=1.0, kv_tier="device")
+        mem.set_positions(positions)
+        return mem
+    if v.descriptor.startswith("ae:"):
+        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", v.descriptor[3:], kv_tier="device")
+    return RetrievalMemory(s.memory_size, s.recent_exclude, v.descriptor, kv_tier="device")
+
+
+def _prefix(s: EvalSettings) -> int:
+    return s.frames_per_block if s.sink_mode == "blank" else 0
+
+
+def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v: Variant,
+              seed: int) -> tuple[Tensor, list[dict], float]:
+    """Generate one video; returns ``(latents [1,F,C,H,W], retrievals, frames/s)``."""
+    p, dev = _prefix(s), torch.device(s.device)
+    pos = torch.cat([torch.full((p, 2), math.nan), world["positions"]])[None]
+    cam = torch.cat([torch.zeros(p, 2), world["camera"]])[None].to(dev)
+    memory = _memory(s, v, pos)
+    schedule = FlowMatchSchedule(s.shift, denoising_steps=s.denoising_steps)
+    sampler = ARSampler(net, schedule, memory, s.frames_per_block, s.window, s.sink, v.budget,
+                        s.positions, s.memory_position)
+    net.set_camera(cam)
+    text = TinyTextEncoder(s.text_len, net.backbone.config.text_dim)
+    context = text([world["prompt"]]).to(dev)
+    noise = SeededNoise(seed, 1, s.channels, s.height, s.width, s.frames_per_block, device=dev)
+    resume = torch.zeros(1, p, s.channels, s.height, s.width, device=dev) if p else None
+    retrievals: list[dict] = []
+
+    def on_block(res) -> None:
+        if res.retrieval is not None:
+            retrievals.append({"block": res.block - p // s.frames_per_block,
+                               "query_frame": res.start_frame - p,
+                               "frames": [int(f) - p for f in res.retrieval.frames[0]]})
+
+    tic = time.perf_counter()
+    out = sampler(noise, context, p + s.num_frames, on_block=on_block, resume_latents=resume)
+    fps = s.num_frames / (time.perf_counter() - tic)
+    return out[:, p:].cpu(), retrievals, fps
+
+
+def _series_by_block(video: Tensor, pairs: Tensor, block: int) -> list[float]:
+    """Mean revisit MSE of the pairs whose later frame falls in each block (NaN if none)."""
+    blocks = video.shape[0] // block
+    if pairs.numel() == 0:
+        return [math.nan] * blocks
+    mse, _ = revisit_errors(video, pairs)
+    out = []
+    for b in range(blocks):
+        sel = (pairs[:, 1] // block) == b
+        out.append(float(mse[sel].mean()) if sel.any() else math.nan)
+    return out
+
+
+def _score(s: EvalSettings, world: dict[str, Any], wcfg: WorldConfig, video: Tensor,
+           retrievals: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    meta = world["meta"]
+    pairs = torch.tensor([list(r[:4]) for r in revisit_pairs(meta, min_gap=s.window)], dtype=torch.long)
+    rc = RevisitConsistency()
+    rc.update(video, pairs.reshape(-1, 4))
+    lm = LandmarkIdentityDrift(radius=wcfg.landmark_sigma, bin_frames=12, max_frames=s.num_frames)
+    lm.update(video, landmark_sightings(meta))
+    mean, std = World.from_seed(meta["world"]["world_id"], wcfg).channel_stats()
+    qd = QualityDrift(s.channels, window=min(12, s.num_frames), max_frames=s.num_frames,
+                      reference_mean=mean.tolist(), reference_std=std.tolist())
+    qd.update(video)
+    scalars = {k: float(v) for k, v in {**rc.compute(), **qd.compute()}.items() if v.numel() == 1}
+    lm_out = lm.compute()
+    scalars["landmark_drift"] = float(lm_out["landmark_drift"])
+    scalars.update(_retrieval_scores(s, meta, retrievals))
+    series = {"revisit_mse_by_block": _series_by_block(video[0], pairs.reshape(-1, 4), s.frames_per_block),
+              "quality_error": qd.compute()["quality_error"].tolist(),
+              "landmark_drift_by_time": lm_out["landmark_drift_by_time"].tolist()}
+    return scalars, series
+
+
+def _retrieval_scores(s: EvalSettings, meta: dict, retrievals: list[dict]) -> dict[str, float]:
+    if not retrievals:
+        return {"retrieval_precision": math.nan, "retrieval_recall": math.nan}
+    metric = RetrievalPrecisionRecall(k=s.memory_size)
+    p = _prefix(s)
+    got, relevant = [], []
+    for r in retrievals:
+        q = r["query_frame"] + p  # global index
+        evicted = max(0, q - s.window)
+        candidates = [f - p for f in range(s.sink, s.sink + max(0, evicted - s.recent_exclude)) if f >= p]
+        block = range(r["query_frame"], r["query_frame"] + s.frames_per_block)
+        relevant.append(relevant_frames(meta, block, candidates))
+        got.append(r["frames"] + [-1] * (s.memory_size - len(r["frames"])))
+    metric.update(got, relevant)
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[RunResult], ReportPaths]:
+    """Generate and score every (world, variant); write the report under ``s.out_dir``."""
+    net = load_conditioned_backbone(s).to(s.device)
+    wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
+                       revisit_min=s.revisit_min, revisit_max=s.revisit_max)
+    results: list[RunResult] = []
+    # One unscored block first, so frames/s of the first variant carries no warm-up cost.
+    warm = dataclasses.replace(s, num_frames=s.frames_per_block)
+    _generate(warm, net, render_world(s.seeds[0], warm.num_frames, wcfg), variants(s)[0], 0)
+    for seed in s.seeds:
+        world = render_world(seed, s.num_frames, wcfg)
+        for v in variants(s):
+            video, retrievals, fps = _generate(s, net, world, v, seed)
+            scalars, series = _score(s, world, wcfg, video, retrievals)
+            scalars["frames_per_s"] = fps
+            results.append(RunResult(f"world-{seed}", v.name, scalars, series, retrievals))
+            log.info("world %d %s: revisit %.4g, %.1f frames/s", seed, v.name,
+                     scalars["revisit_inconsistency"], fps)
+    out = Path(s.out_dir)
+    meta = {"settings": s.__dict__, "device": str(s.device)}
+    paths = write_report(results, out, tb_dir if tb_dir is not None else out / "tb", meta)
+    return results, paths
