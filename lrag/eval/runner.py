@@ -211,8 +211,8 @@ def _score(s: EvalSettings, world: dict[str, Any], wcfg: WorldConfig, video: Ten
     scalars["landmark_drift"] = float(lm_out["landmark_drift"])
     scalars.update(_retrieval_scores(s, meta, retrievals))
     series = {"revisit_mse_by_block": _series_by_block(video[0], pairs.reshape(-1, 4), s.frames_per_block),
-              "quality_error": qd.compute()["quality_error"].tolist(),
-              "landmark_drift_by_time": lm_out["landmark_drift_by_time"].tolist()}
+              "quality_error": qd.compute()["quality_error"].reshape(-1).tolist(),
+              "landmark_drift_by_time": lm_out["landmark_drift_by_time"].reshape(-1).tolist()}
     return scalars, series
 
 
