@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +56,6 @@ class _Run:
     seconds: float = 0.0
     progress: Any = None
     task: Any = None
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 class GeneratorModule(L.LightningModule):
@@ -352,7 +351,6 @@ class GeneratorModule(L.LightningModule):
                         "retrieval_mean_score": scores.mean().item()}
         metrics["memory_pool_frames"] = float(self.memory.pool_size)
         metrics["memory_kv_mib"] = self.memory.stored_bytes() / 2**20
-        run.stats = metrics
         if self.logger is not None:
             self.logger.log_metrics({f"{run.run_id}/{k}": v for k, v in metrics.items()},
                                     step=result.block)
