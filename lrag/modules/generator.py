@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
-import torch
 import yaml
 from torch import Tensor, nn
 
