@@ -344,8 +344,10 @@ def measure(mode: Mode, frames: int, repeat: int, ctx: dict) -> dict:
     finally:
         release(sampler, device)
     stats.setdefault("status", "ok" if stats.get("finite") else "non-finite output")
-    if stats["status"] == "ok":
+    if "frames_per_s" in stats:
         log.info("%s: %.2f latent frames/s", mode.name, stats["frames_per_s"])
+        # Later runs are estimated at the slowest speed seen so far (RAG is never faster).
+        ctx["est_fps"] = min(ctx.get("est_fps") or math.inf, stats["frames_per_s"])
     return {**record, **stats}
 
 

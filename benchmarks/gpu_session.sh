@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One GPU session for the full-size benchmarks (issue 6; DESIGN.md "Where speed comes from").
+#
+#   bash benchmarks/gpu_session.sh            # from the repository root, on the GPU machine
+#
+# Writes everything to $OUT (default ./gpu_out): nvidia-smi.txt, env.txt, per step
+# <step>.md (Markdown on stdout), <step>.log (stderr), <step>.json, summary.txt and
+# BENCHMARKS_gpu.md (all Markdown sections, ready to merge into BENCHMARKS.md).
+# Every step runs under `timeout` and inside a global budget (LRAG_GPU_BUDGET_S, default
+# 510 s), so a slow or failing step never takes the later ones down with it; the
+# predict_wan steps get a --time-budget a little under their timeout, so they skip runs
+# they cannot finish instead of being killed (their JSON is rewritten after every run).
+set -uo pipefail
+set -x
+
+OUT=${OUT:-./gpu_out}
+BUDGET_S=${LRAG_GPU_BUDGET_S:-510}
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+
+# -- environment -------------------------------------------------------------------------
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || echo "pip install of .whl/ failed (see pip.log)" | tee -a "$OUT/summary.txt"
+fi
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+
+if command -v nvidia-smi > /dev/null; then nvidia-smi | tee "$OUT/nvidia-smi.txt"; fi
+python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
+print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE (torch.cuda.is_available() is False)")
+import lrag.memory.bank, lrag.modules.nets.wan, lrag.modules.sampler  # the benchmark's only lrag imports
+print("lrag imports ok")
+PY
+
+# -- steps -------------------------------------------------------------------------------
+START=$SECONDS
+FAILED=()
+# A CPU dry run of the plumbing: LRAG_BENCH_MODEL="--device cpu --preset tiny --height 8 --width 8"
+# LRAG_BENCH_SHORT=21 LRAG_BENCH_LONG=30 bash benchmarks/gpu_session.sh
+read -r -a MODEL <<< "${LRAG_BENCH_MODEL:---device cuda --preset wan_1_3b}"
+SHORT=${LRAG_BENCH_SHORT:-120}
+LONG=${LRAG_BENCH_LONG:-480}
+
+# run_step NAME CAP_S CMD...: run CMD under min(CAP_S, what is left of the budget).
+# The literal argument @TIME_BUDGET@ is replaced by that limit minus 20 s.
+run_step() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$(( BUDGET_S - (SECONDS - START) ))
+  local limit=$(( cap < left ? cap : left ))
+  if (( limit < 45 )); then
+    echo "SKIP $name: only ${left} s of the ${BUDGET_S} s budget left" | tee -a "$OUT/summary.txt"
+    return
+  fi
+  local args=("${@//@TIME_BUDGET@/$(( limit - 20 ))}")
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "${args[@]}" 2> "$OUT/$name.log" | tee "$OUT/$name.md"
+  local rc=${PIPESTATUS[0]}
+  echo "$name: rc=$rc in $(( SECONDS - t0 )) s (limit $limit s)$([[ $rc == 124 ]] && echo ' TIMED OUT')" | tee -a "$OUT/summary.txt"
+  if (( rc != 0 )); then FAILED+=("$name"); tail -n 25 "$OUT/$name.log"; fi
+}
+
+# 1. 120 latent frames: native vs RAG with every KV tier (the issue-6 acceptance numbers).
+run_step predict_wan_$SHORT 250 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+  --frames "$SHORT" --modes native rag --kv-tier device host recompute \
+  --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$SHORT.json"
+
+# 2. Frame embedder fit on the GPU (helper A's script), if it is in this checkout.
+if [[ -f benchmarks/embedder_fit.py ]]; then
+  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py --device "${MODEL[1]}" --json "$OUT/embedder_fit.json"
+else
+  echo "SKIP embedder_fit: benchmarks/embedder_fit.py is not in this checkout" | tee -a "$OUT/summary.txt"
+fi
+
+# 3. 480 latent frames with what is left: native, then RAG. The device tier's pool
+#    (468 evicted frames x ~288 MiB) cannot fit one GPU, so the pre-flight records a skip
+#    for it; the recompute tier stores no K/V and runs if the time estimate allows.
+run_step predict_wan_$LONG 600 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+  --frames "$LONG" --modes native rag --kv-tier device recompute \
+  --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$LONG.json"
+
+# -- collect -----------------------------------------------------------------------------
+{
+  echo "## Full-size GPU benchmarks ($(date -u +%Y-%m-%d))"
+  echo
+  for f in "$OUT"/predict_wan_*.md "$OUT"/embedder_fit.md; do
+    [[ -s $f ]] && { cat "$f"; echo; }
+  done
+} > "$OUT/BENCHMARKS_gpu.md"
+echo "total $(( SECONDS - START )) s of ${BUDGET_S} s" | tee -a "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+if (( ${#FAILED[@]} )); then
+  echo "FAILED steps: ${FAILED[*]}"
+  exit 1
+fi
