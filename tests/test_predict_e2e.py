@@ -28,10 +28,11 @@ CONFIG = str(ROOT / "configs" / "predict" / "demo_random.yaml")
 FPB, WINDOW, K = 3, 12, 3  # the demo config's frames_per_block, window, memory_size
 
 
-def _args(tmp_path: Path, name: str, frames: int, memory_size: int | None = None) -> list[str]:
+def _args(tmp_path: Path, name: str, frames: int, memory_size: int | None = None,
+          size: int = 8) -> list[str]:
     args = ["predict", "--config", CONFIG,
             f"--model.init_args.num_frames={frames}",
-            "--model.init_args.height=8", "--model.init_args.width=8",
+            f"--model.init_args.height={size}", f"--model.init_args.width={size}",
             f"--model.init_args.out_dir={tmp_path / 'runs'}",
             f"--model.init_args.store_uri={tmp_path / 'runs' / 'memory.lancedb'}",
             f"--model.init_args.run_name={name}",
@@ -123,9 +124,11 @@ def _wait_for_blocks(store: MemoryStore, run_id: str, proc: subprocess.Popen, n:
 
 @pytest.mark.slow
 def test_kill_9_loses_no_block_and_resume_is_bit_identical(tmp_path):
-    frames, run_id = 60, "killed-0"
+    # 15 blocks of 16x16 latents: long enough that the kill lands mid-run on a fast machine.
+    frames, run_id, size = 45, "killed-0", 16
+    args = _args(tmp_path, "killed", frames, size=size)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lrag.cli", *_args(tmp_path, "killed", frames)],
+    proc = subprocess.Popen([sys.executable, "-m", "lrag.cli", *args],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     store = MemoryStore(str(tmp_path / "runs" / "memory.lancedb"))
@@ -144,13 +147,13 @@ def test_kill_9_loses_no_block_and_resume_is_bit_identical(tmp_path):
     run_dir = tmp_path / "runs" / run_id
     for shard, key in set(zip(rows.column("shard").to_pylist(), rows.column("key").to_pylist())):
         clip = next(iter_clips(str(run_dir / shard)))  # every finished block is readable
-        assert clip.key == key and clip.latents.shape == (FPB, 16, 8, 8)
+        assert clip.key == key and clip.latents.shape == (FPB, 16, size, size)
     before_kill = _blocks(tmp_path, run_id, done)
 
-    main([*_args(tmp_path, "killed", frames), "--resume", run_id])
+    main([*args, "--resume", run_id])
     assert store.get_run(run_id)["status"] == "complete"
     assert store.completed_blocks(run_id) == frames // FPB
-    main(_args(tmp_path, "ref", frames))
+    main(_args(tmp_path, "ref", frames, size=size))
     resumed, ref = _blocks(tmp_path, run_id, frames // FPB), _blocks(tmp_path, "ref-0", frames // FPB)
     assert torch.equal(resumed[: done * FPB], before_kill)
     assert torch.equal(resumed, ref)
