@@ -47,10 +47,14 @@ class RetrievalRecord:
 
 @dataclass
 class _Stored:
-    """One evicted frame: K/V ``[layers, B, tokens, heads, head_dim]`` or None (recompute tier)."""
+    """One evicted frame: K/V ``[layers, B, tokens, heads, head_dim]`` or None (recompute tier).
+
+    ``offset`` is its spatial RoPE offset ``[B, 2]`` when the KV cache uses offsets.
+    """
 
     k: Tensor | None
     v: Tensor | None
+    offset: Tensor | None = None
 
 
 def _to_host(t: Tensor) -> Tensor:
@@ -175,7 +179,10 @@ class RetrievalMemory:
         v = torch.stack(evicted.v, dim=0)
         for j, frame in enumerate(evicted.frames):
             self._pool_frames.append(frame)
-            self._pool.append(self._place(k[:, :, j], v[:, :, j]))
+            stored = self._place(k[:, :, j], v[:, :, j])
+            if evicted.offsets is not None:
+                stored.offset = evicted.offsets[:, j].clone()
+            self._pool.append(stored)
 
     def _place(self, k: Tensor, v: Tensor) -> _Stored:
         if self.kv_tier == "recompute":
@@ -201,21 +208,37 @@ class RetrievalMemory:
         return record
 
     def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
-        """The retrieved frames' K/V on ``device``: one copy per block, shared by every call."""
+        """The retrieved frames' K/V on ``device``: one copy per block, shared by every call.
+
+        Vectorised over the batch (no per-sample loop, no host sync for pools on ``device``).
+        """
         if record is None:
             return None
-        pos = {f: i for i, f in enumerate(self._pool_frames)}
-        b, k_sel = record.frames.shape
         if self.kv_tier == "recompute":
             return self._gather_recomputed(record, device)
-        ks, vs = [], []
-        for bi in range(b):
-            picked = [self._pool[pos[int(f)]] for f in record.frames[bi]]
-            ks.append(torch.stack([p.k[:, bi] for p in picked], dim=1))  # (layers, k, tokens, h, d)
-            vs.append(torch.stack([p.v[:, bi] for p in picked], dim=1))
-        k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
-        v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
-        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel)
+        b, k_sel = record.frames.shape
+        slots = self._pool_slots(record.frames)
+        pool_k = torch.stack([p.k for p in self._pool], dim=2)  # (layers, B, pool, tokens, h, d)
+        pool_v = torch.stack([p.v for p in self._pool], dim=2)
+        slots = slots.to(pool_k.device)
+        rows = torch.arange(b, device=pool_k.device)[:, None]
+        k = rearrange(pool_k[:, rows, slots], "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
+        v = rearrange(pool_v[:, rows, slots], "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
+        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, self._gather_offsets(slots, device))
+
+    def _pool_slots(self, frames: Tensor) -> Tensor:
+        """Pool index of each retrieved global frame index (``frames [B, k]``)."""
+        pool_frames = torch.tensor(self._pool_frames, dtype=torch.long, device=frames.device)
+        lookup = torch.full((int(max(self._pool_frames)) + 1,), -1, dtype=torch.long, device=frames.device)
+        lookup[pool_frames] = torch.arange(len(self._pool_frames), device=frames.device)
+        return lookup[frames.long()]
+
+    def _gather_offsets(self, slots: Tensor, device: torch.device | str) -> Tensor | None:
+        if not self._pool or self._pool[0].offset is None:
+            return None
+        offsets = torch.stack([p.offset for p in self._pool], dim=1)  # (B, pool, 2)
+        rows = torch.arange(slots.shape[0], device=offsets.device)[:, None]
+        return offsets[rows, slots.to(offsets.device)].to(device)
 
     def _gather_recomputed(self, record: RetrievalRecord, device: torch.device | str) -> MemoryKV:
         if self._recompute is None:
@@ -228,7 +251,8 @@ class RetrievalMemory:
             vs.append(torch.stack([v[bi] for v in v_l]))
         k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
-        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel)
+        offsets = self._gather_offsets(self._pool_slots(record.frames), device)
+        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, offsets)
 
     def stored_bytes(self) -> int:
         """Bytes of K/V held by the pool (0 for the recompute tier)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import Tensor
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "apply_rope",
     "attention",
     "grid_positions",
+    "offset_grid_positions",
     "rope_freqs",
     "rope_table",
 ]
@@ -50,23 +52,27 @@ def _axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 def _axis_angles(pos: Tensor, dim: int, theta: float) -> Tensor:
     inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device).div(dim))
-    return torch.outer(pos.to(torch.float64), inv)
+    if pos.ndim == 1:
+        return torch.outer(pos.to(torch.float64), inv)
+    return pos.to(torch.float64).unsqueeze(-1) * inv
 
 
 def rope_freqs(positions: Tensor, head_dim: int, theta: float = 10000.0) -> Tensor:
     """Complex rotation factors for explicit per-token positions.
 
     Args:
-        positions: ``[L, 3]`` integer (time, row, col) position of each token.
+        positions: ``[L, 3]`` (time, row, col) position of each token, or ``[B, L, 3]`` for
+            per-sample positions; fractional positions are fine (they are angles).
         head_dim: Attention head dimension (even).
         theta: RoPE base.
 
     Returns:
-        ``[L, 1, head_dim // 2]`` complex128, columns ordered time | row | col.
+        ``[L, 1, head_dim // 2]`` (or ``[B, L, 1, head_dim // 2]``) complex128, columns
+        ordered time | row | col.
     """
     dims = _axis_dims(head_dim)
-    angles = torch.cat([_axis_angles(positions[:, i], d, theta) for i, d in enumerate(dims)], dim=1)
-    return torch.polar(torch.ones_like(angles), angles).unsqueeze(1)
+    angles = torch.cat([_axis_angles(positions[..., i], d, theta) for i, d in enumerate(dims)], dim=-1)
+    return torch.polar(torch.ones_like(angles), angles).unsqueeze(-2)
 
 
 def rope_table(max_positions: int, head_dim: int, theta: float = 10000.0) -> Tensor:
@@ -82,7 +88,8 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 
     Args:
         x: ``[B, L, heads, head_dim]``.
-        freqs: ``[L, 1, head_dim // 2]`` complex128 from :func:`rope_freqs`.
+        freqs: ``[L, 1, head_dim // 2]`` or ``[B, L, 1, head_dim // 2]`` complex128 from
+            :func:`rope_freqs`.
     """
     b, n, h, d = x.shape
     xc = torch.view_as_complex(x.to(torch.float64).reshape(b, n, h, d // 2, 2))
@@ -96,6 +103,21 @@ def grid_positions(frame_positions: Tensor, height: int, width: int) -> Tensor:
     r = torch.arange(height, device=t.device).view(1, height, 1).expand(f, height, width)
     c = torch.arange(width, device=t.device).view(1, 1, width).expand(f, height, width)
     return torch.stack([t, r, c], dim=-1).reshape(-1, 3)
+
+
+def offset_grid_positions(frame_positions: Tensor, offsets: Tensor, height: int, width: int) -> Tensor:
+    """Per-sample (time, row, col) positions ``[B, F*h*w, 3]`` (float64) shifted by frame offsets.
+
+    Args:
+        frame_positions: ``[F]`` temporal position of each frame.
+        offsets: ``[B, F, 2]`` (row, col) offset of each frame in token units: the camera
+            position of the frame, so that q.k sees the relative world displacement.
+        height: Token rows per frame.
+        width: Token columns per frame.
+    """
+    base = grid_positions(frame_positions, height, width).to(device=offsets.device, dtype=torch.float64)
+    shift = repeat(offsets.to(torch.float64), "b f c -> b (f t) c", t=height * width)
+    return base.unsqueeze(0) + F.pad(shift, (1, 0))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -182,11 +204,13 @@ class EvictedKV:
         frames: Global frame index of each evicted frame.
         k: Per layer, un-roped keys ``[B, n, tokens, heads, head_dim]``.
         v: Per layer, values of the same shape.
+        offsets: ``[B, n, 2]`` spatial RoPE offsets of the frames (None: the cache has none).
     """
 
     frames: list[int]
     k: list[Tensor]
     v: list[Tensor]
+    offsets: Tensor | None = None
 
 
 @dataclass
@@ -197,11 +221,14 @@ class MemoryKV:
         k: Per layer ``[B, k_sel * tokens, heads, head_dim]``, frames in top-k order.
         v: Per layer, same shape.
         num_frames: ``k_sel``.
+        offsets: ``[B, k_sel, 2]`` spatial RoPE offsets of the frames (needed when the cache
+            uses offsets; see :meth:`KVCache.begin`).
     """
 
     k: list[Tensor]
     v: list[Tensor]
     num_frames: int
+    offsets: Tensor | None = None
 
 
 @dataclass
@@ -225,6 +252,8 @@ class KVCache:
     Build with :meth:`empty`. ``slot_frames[i]`` is the global frame index held by
     slot ``i``; ``global_end`` is one past the newest frame ever written. Evicted
     frames go to ``on_evict`` (the retrieval memory decides where they live).
+    ``slot_offsets`` (``[B, window, 2]``, set by the first :meth:`begin` given offsets)
+    is the spatial RoPE offset of the frame in each slot.
     """
 
     policy: AttentionPolicy
@@ -237,7 +266,9 @@ class KVCache:
     global_end: int = 0
     on_evict: Callable[[EvictedKV], None] | None = None
     reference_cpu_alias: bool = False
+    slot_offsets: Tensor | None = None
     _pending: EvictedKV | None = field(default=None, repr=False)
+    _freq_memo: dict[tuple[int, ...], Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def empty(
@@ -288,7 +319,12 @@ class KVCache:
             layer.k[:, s * t : (s + keep) * t] = layer.k[:, (s + count) * t : (s + count + keep) * t].clone()
             layer.v[:, s * t : (s + keep) * t] = layer.v[:, (s + count) * t : (s + count + keep) * t].clone()
         self.slot_frames = self.slot_frames[:s] + self.slot_frames[s + count :]
-        self._pending = EvictedKV(frames, ev_k, ev_v)
+        ev_off = None
+        if self.slot_offsets is not None:
+            so = self.slot_offsets
+            ev_off = so[:, s : s + count].clone()
+            so[:, s : s + keep] = so[:, s + count : s + count + keep].clone()
+        self._pending = EvictedKV(frames, ev_k, ev_v, ev_off)
 
     def _frames_of(self, buf: Tensor, first: int, count: int) -> Tensor:
         """Slots ``[first, first+count)`` of a buffer as ``[B, count, tokens, heads, head_dim]`` (a copy)."""
@@ -336,13 +372,29 @@ class KVCache:
         self.global_end = max(self.global_end, end)
         return local_start, local_end
 
-    def begin(self, start_frame: int, num_frames: int, memory: MemoryKV | None) -> AttendPlan:
+    def begin(
+        self, start_frame: int, num_frames: int, memory: MemoryKV | None, offsets: Tensor | None = None
+    ) -> AttendPlan:
         """Place a forward of ``num_frames`` frames starting at global ``start_frame``.
 
         The first forward of a new block evicts (once, before any layer runs); later
         forwards of the same frames overwrite the same slots and move nothing.
+
+        Args:
+            start_frame: Global index of the first frame.
+            num_frames: Frames in this forward.
+            memory: Retrieved frames for this forward, or None.
+            offsets: ``[B, num_frames, 2]`` (row, col) spatial RoPE offset of each frame in
+                token units (its camera position). Once given, every forward of this cache
+                must give them, and ``memory`` must carry its frames' offsets. None: no
+                offsets (bit-identical to the reference).
         """
         is_recompute = start_frame + num_frames <= self.global_end and start_frame > 0
+        if (offsets is None) != (self.slot_offsets is None) and self.global_end > 0:
+            raise ValueError(
+                "KVCache.begin: offsets must be given for every forward of a cache or for none "
+                f"(start_frame={start_frame}, cache has offsets: {self.slot_offsets is not None})"
+            )
         local_start, local_end = self._locate(start_frame, num_frames)
         pol = self.policy
         # The reference protects the sink slots during recompute passes of later
@@ -356,19 +408,56 @@ class KVCache:
             q_pos = list(range(start_frame, start_frame + num_frames))
         else:
             k_pos, q_pos = attended, list(range(local_start, local_end))
-        mem_freqs = None
+        m_pos = None
         if memory is not None and memory.num_frames > 0:
             base = 0 if pol.memory_position == "zero" else pol.sink
             m_pos = [0] * memory.num_frames if base == 0 else [base + i for i in range(memory.num_frames)]
-            mem_freqs = self._freqs(m_pos)
+        if offsets is not None:
+            return self._offset_plan(local_start, local_end, write_start, sink_slots, local_lo,
+                                     (q_pos, k_pos, m_pos, attended), offsets, memory)
+        mem_freqs = self._freqs(m_pos) if m_pos is not None else None
         return AttendPlan(
             local_start, local_end, write_start, sink_slots, local_lo, self._freqs(q_pos), self._freqs(k_pos), mem_freqs
         )
 
-    def _freqs(self, frame_positions: list[int]) -> Tensor:
+    def _offset_plan(self, local_start: int, local_end: int, write_start: int, sink_slots: int, local_lo: int,
+                     pos: tuple, offsets: Tensor, memory: MemoryKV | None) -> AttendPlan:
+        """:meth:`begin` with per-sample spatial offsets: record them, build per-sample freqs."""
+        q_pos, k_pos, m_pos, attended = pos
         device = self.layers[0].k.device
-        pos = grid_positions(torch.tensor(frame_positions, dtype=torch.long), *self.grid_hw)
-        return rope_freqs(pos, self.head_dim, self.theta).to(device)
+        b = self.layers[0].k.shape[0]
+        if offsets.shape != (b, local_end - local_start, 2):
+            raise ValueError(f"KVCache.begin: offsets must be [{b}, {local_end - local_start}, 2], "
+                             f"got {tuple(offsets.shape)}")
+        if self.slot_offsets is None:
+            self.slot_offsets = torch.zeros(b, self.policy.window, 2, dtype=torch.float64, device=device)
+        skip = write_start - local_start
+        self.slot_offsets[:, write_start:local_end] = offsets[:, skip:].to(self.slot_offsets)
+        mem_freqs = None
+        if m_pos is not None:
+            if memory.offsets is None:
+                raise ValueError("KVCache.begin: the cache uses offsets but the retrieved frames carry none "
+                                 "(MemoryKV.offsets); store them with the memory (EvictedKV.offsets).")
+            mem_freqs = self._offset_freqs(m_pos, memory.offsets)
+        idx = torch.tensor(attended, dtype=torch.long, device=device)
+        q_freqs = self._offset_freqs(q_pos, self.slot_offsets[:, local_start:local_end])
+        k_freqs = self._offset_freqs(k_pos, self.slot_offsets.index_select(1, idx))
+        return AttendPlan(local_start, local_end, write_start, sink_slots, local_lo, q_freqs, k_freqs, mem_freqs)
+
+    def _offset_freqs(self, frame_positions: list[int], offsets: Tensor) -> Tensor:
+        device = self.layers[0].k.device
+        fp = torch.tensor(frame_positions, dtype=torch.long)
+        pos = offset_grid_positions(fp, offsets.to(device), *self.grid_hw)
+        return rope_freqs(pos, self.head_dim, self.theta)
+
+    def _freqs(self, frame_positions: list[int]) -> Tensor:
+        # Positions repeat every block; memoising saves a host->device copy per forward.
+        key = tuple(frame_positions)
+        if key not in self._freq_memo:
+            device = self.layers[0].k.device
+            pos = grid_positions(torch.tensor(frame_positions, dtype=torch.long), *self.grid_hw)
+            self._freq_memo[key] = rope_freqs(pos, self.head_dim, self.theta).to(device)
+        return self._freq_memo[key]
 
     def attend(
         self, plan: AttendPlan, layer: int, q: Tensor, k: Tensor, v: Tensor, memory: MemoryKV | None
@@ -398,7 +487,7 @@ class KVCache:
         k_cat, v_cat = torch.cat(k_parts, dim=1), torch.cat(v_parts, dim=1)
         freqs = plan.k_freqs
         if plan.mem_freqs is not None and memory is not None:
-            freqs = torch.cat([plan.k_freqs[:sink], plan.mem_freqs, plan.k_freqs[sink:]], dim=0)
+            freqs = torch.cat([plan.k_freqs[..., :sink, :, :], plan.mem_freqs, plan.k_freqs[..., sink:, :, :]], dim=-3)
         return attention(apply_rope(q, plan.q_freqs), apply_rope(k_cat, freqs), v_cat)
 
     def roped_keys(self, layer: int) -> Tensor:

@@ -291,6 +291,7 @@ class CausalWanModel(nn.Module):
         cache: KVCache,
         start_frame: int,
         memory: MemoryKV | None = None,
+        offsets: Tensor | None = None,
     ) -> Tensor:
         """Causal forward of one block against the KV cache.
 
@@ -302,6 +303,8 @@ class CausalWanModel(nn.Module):
                 the same frames overwrite the same slots.
             start_frame: Global index of the first frame of ``x``.
             memory: Retrieved frames' K/V for this block, or None.
+            offsets: ``[B, F, 2]`` (row, col) spatial RoPE offset of each frame in token
+                units (camera position), or None (see :meth:`KVCache.begin`).
 
         Returns:
             Flow prediction (noise - x0), ``[B, F, C, H, W]``.
@@ -309,7 +312,7 @@ class CausalWanModel(nn.Module):
         self._check(x, t)
         if self.config.patch_size[0] != 1:
             raise ValueError("the causal forward needs patch_size[0] == 1 (one latent frame per token frame)")
-        plan = cache.begin(start_frame, x.shape[1], memory)
+        plan = cache.begin(start_frame, x.shape[1], memory, offsets)
         flow = self._run(x, t, context, lambda i: lambda q, k, v: cache.attend(plan, i, q, k, v, memory))
         cache.finish()
         return flow
