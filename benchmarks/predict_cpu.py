@@ -43,7 +43,9 @@ def _worker(mode: str, config: str, frames: int, out_dir: str) -> dict:
             f"--model.init_args.run_name={mode}",
             "--model.init_args.write_video=false",
             "--model.init_args.progress=false",
-            "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+            "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            # without a logger Lightning saves config.yaml to default_root_dir: keep it in tmp
+            f"--trainer.default_root_dir={out_dir}"]
     if MODES[mode] is not None:
         args.append(f"--model.init_args.memory.init_args.memory_size={MODES[mode]}")
     start = time.perf_counter()
