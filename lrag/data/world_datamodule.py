@@ -6,6 +6,10 @@ objective needs to choose *which* far-past frames to put in the memory slots (fr
 the same place) and what the camera conditioning is made of. Worlds are rendered once at
 ``setup`` (a few MB at the demo size); each sample is a random window of one clip.
 
+For fast training the loader yields only *indices* (clip and start of every window of a
+batch); :meth:`WorldDataModule.on_after_batch_transfer` slices the windows out of a copy of
+all clips kept on the training device, so a step moves a few bytes to the GPU, not the batch.
+
 World seeds ``seed_offset .. seed_offset + num_worlds - 1`` are training worlds; evaluation
 must use other seeds (``lrag eval`` checks this against the checkpoint's hyper-parameters).
 """
@@ -18,13 +22,14 @@ from typing import Any, Iterator
 import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lrag.data.world import WorldConfig, generate_world_clip
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WorldClipDataset", "WorldDataModule", "render_world", "world_prompt"]
+__all__ = ["WorldClipDataset", "WorldDataModule", "WorldIndexBatches", "render_world", "world_prompt"]
 
 
 def world_prompt(meta: dict[str, Any]) -> str:
@@ -94,6 +99,36 @@ class WorldClipDataset(IterableDataset):
             }
 
 
+class WorldIndexBatches(IterableDataset):
+    """Endless batches of window indices: ``{"clip": [B], "start": [B], "prompt": [B] strings}``.
+
+    Args:
+        clip_frames: Frames of every clip (all clips have the same length).
+        prompts: Prompt of each clip.
+        window_frames: Frames per window.
+        batch_size: Windows per batch.
+        seed: Seed of the sampler (each worker adds its id).
+    """
+
+    def __init__(self, clip_frames: int, prompts: list[str], window_frames: int, batch_size: int,
+                 seed: int = 0) -> None:
+        if not prompts:
+            raise ValueError("WorldIndexBatches: no clips; set num_worlds >= 1.")
+        self.clip_frames, self.prompts = clip_frames, prompts
+        self.window_frames, self.batch_size, self.seed = window_frames, batch_size, seed
+        self._passes = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        seq = np.random.SeedSequence([self.seed, 0 if info is None else info.id, self._passes])
+        gen = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0]) % 2**63)
+        self._passes += 1
+        while True:
+            clip = torch.randint(len(self.prompts), (self.batch_size,), generator=gen)
+            start = torch.randint(self.clip_frames - self.window_frames + 1, (self.batch_size,), generator=gen)
+            yield {"clip": clip, "start": start, "prompt": [self.prompts[i] for i in clip.tolist()]}
+
+
 class WorldDataModule(L.LightningDataModule):
     """Training windows over procedural worlds (see the module docstring).
 
@@ -147,6 +182,7 @@ class WorldDataModule(L.LightningDataModule):
         self.world_config = WorldConfig(frame_height=height, frame_width=width, channels=channels,
                                         revisit_min=revisit_min, revisit_max=revisit_max)
         self.clips: list[dict[str, Any]] = []
+        self._stacked: dict[str, dict[str, Tensor]] = {}  # per device: all clips stacked
 
     @property
     def train_seeds(self) -> range:
@@ -160,10 +196,35 @@ class WorldDataModule(L.LightningDataModule):
             log.info("rendered %d training worlds of %d frames", len(self.clips), self.hparams.clip_frames)
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102
-        dataset = WorldClipDataset(self.clips, self.hparams.window_frames, self.hparams.seed)
-        total = self.hparams.steps_per_epoch * self.hparams.batch_size
-        return DataLoader(_Limited(dataset, total), batch_size=self.hparams.batch_size,
-                          num_workers=self.hparams.num_workers)
+        hp = self.hparams
+        prompts = [c["prompt"] for c in self.clips]
+        dataset = WorldIndexBatches(hp.clip_frames, prompts, hp.window_frames, hp.batch_size, hp.seed)
+        return DataLoader(_Limited(dataset, hp.steps_per_epoch), batch_size=None, num_workers=hp.num_workers)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Turn an index batch into windows on the batch's device (see :meth:`materialize`)."""
+        return self.materialize(batch)
+
+    def materialize(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``{"clip", "start", "prompt"}`` -> ``latents [B,T,C,H,W]``, ``positions``, ``camera``, ``prompt``.
+
+        The clips are copied to the device of ``batch["clip"]`` once; later batches are one
+        gather each, with no host round trip.
+        """
+        if "clip" not in batch:
+            return batch
+        if not self.clips:
+            raise RuntimeError("WorldDataModule: call setup() before materialize().")
+        device = batch["clip"].device
+        store = self._stacked.get(str(device))
+        if store is None:
+            store = {k: torch.stack([c[k] for c in self.clips]).to(device) for k in ("latents", "positions", "camera")}
+            self._stacked[str(device)] = store
+        clip = batch["clip"][:, None]
+        frames = batch["start"][:, None] + torch.arange(self.hparams.window_frames, device=device)
+        out = {k: v[clip, frames] for k, v in store.items()}
+        out["prompt"] = list(batch["prompt"])
+        return out
 
 
 class _Limited(IterableDataset):

@@ -117,6 +117,10 @@ def load_conditioned_backbone(s: EvalSettings) -> CameraConditioned:
     state = {k[len("net."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
     if not state:
         raise ValueError(f"{path}: no 'net.*' weights in 'state_dict'; is it a BackboneFitModule checkpoint?")
+    trained = ckpt.get("hyper_parameters", {}).get("camera", s.camera)
+    if trained != s.camera:
+        raise ValueError(f"{path} was trained with camera={trained!r} but eval has camera={s.camera!r}; "
+                         f"pass --camera {trained}.")
     net.load_state_dict(state, strict=True)
     _check_heldout(s, ckpt.get("datamodule_hyper_parameters", {}), path)
     return net.eval()
@@ -162,7 +166,7 @@ def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v:
     schedule = FlowMatchSchedule(s.shift, denoising_steps=s.denoising_steps)
     sampler = ARSampler(net, schedule, memory, s.frames_per_block, s.window, s.sink, v.budget,
                         s.positions, s.memory_position)
-    net.set_camera(cam)
+    net.set_camera(cam, pos.to(dev))
     text = TinyTextEncoder(s.text_len, net.backbone.config.text_dim)
     context = text([world["prompt"]]).to(dev)
     noise = SeededNoise(seed, 1, s.channels, s.height, s.width, s.frames_per_block, device=dev)

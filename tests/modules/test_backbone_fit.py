@@ -20,7 +20,7 @@ def batch() -> dict:
     dm = WorldDataModule(num_worlds=2, clip_frames=40, window_frames=30, batch_size=2, steps_per_epoch=2,
                          revisit_min=12, revisit_max=16)
     dm.setup("fit")
-    return next(iter(dm.train_dataloader()))
+    return dm.materialize(next(iter(dm.train_dataloader())))
 
 
 def _module(**kwargs) -> BackboneFitModule:
@@ -143,3 +143,50 @@ def test_bad_knobs_raise() -> None:
         _module(memory_exposure=1.5)
     with pytest.raises(ValueError, match="local frames"):
         _module(window=3, memory_size=2)
+
+
+def test_index_batches_materialize_contiguous_clip_windows() -> None:
+    dm = WorldDataModule(num_worlds=3, clip_frames=40, window_frames=30, batch_size=4, steps_per_epoch=3,
+                         revisit_min=12, revisit_max=16)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    index = list(loader)
+    assert len(index) == 3 and index[0]["clip"].shape == (4,)
+    out = dm.materialize(index[0])
+    for b, (c, s) in enumerate(zip(index[0]["clip"].tolist(), index[0]["start"].tolist())):
+        clip = dm.clips[c]
+        assert torch.equal(out["latents"][b], clip["latents"][s : s + 30])
+        assert torch.equal(out["positions"][b], clip["positions"][s : s + 30])
+        assert out["prompt"][b] == clip["prompt"]
+
+
+def test_oracle_memory_ranks_by_overlap_batched() -> None:
+    memory = GroundTruthMemory(2, recent_exclude=0, frames_per_block=1, frame_hw=(4, 4))
+    # sample 0 revisits frame 2 exactly, sample 1 overlaps frame 1 by half
+    pos = torch.tensor([[[0, 0], [8, 0], [16, 0], [24, 0], [16, 0]],
+                        [[0, 0], [8, 0], [16, 0], [24, 0], [10, 0]]], dtype=torch.float32)
+    memory.set_positions(pos)
+    _fake_evict(memory, [0, 1, 2, 3], batch=2)
+    record = memory.retrieve(4)
+    assert record.frames[:, 0].tolist() == [2, 1]
+    assert record.scores[0, 0] == pytest.approx(1.0)
+    assert record.scores[1, 0] == pytest.approx(8 / 24)
+
+
+@pytest.mark.parametrize("exposed", [True, False])
+def test_position_camera_trains_and_uses_offsets(batch, exposed) -> None:
+    module = _module(camera="position", memory_size=2, window=6, recent_exclude=1)
+    loss = module.block_loss(batch, exposed=exposed, target=9)
+    loss.backward()
+    assert torch.isfinite(loss)
+    offsets = module.net.offsets
+    assert offsets is not None and offsets.shape == (2, 33, 2)
+    # viewport (x, y) cells -> (row, col) tokens at patch 2
+    assert torch.equal(offsets[:, 3:, 0], batch["positions"][..., 1] / 2)
+    assert torch.equal(offsets[:, 3:, 1], batch["positions"][..., 0] / 2)
+    plain = _module(camera="motion", memory_size=2, window=6, recent_exclude=1)
+    plain.load_state_dict(module.state_dict())
+    for m in (plain, module):  # same noise, timesteps and memory picks for both
+        m.generator.manual_seed(0)
+        m._device_gens.clear()
+    assert not torch.allclose(plain.block_loss(batch, exposed, target=9), module.block_loss(batch, exposed, target=9))
