@@ -38,9 +38,10 @@ PY
 # -- steps -------------------------------------------------------------------------------
 START=$SECONDS
 FAILED=()
-# A CPU dry run of the plumbing: LRAG_BENCH_MODEL="--device cpu --preset tiny --height 8 --width 8"
+# A CPU dry run of the plumbing: LRAG_BENCH_DEVICE=cpu LRAG_BENCH_MODEL="--preset tiny --height 8 --width 8"
 # LRAG_BENCH_SHORT=21 LRAG_BENCH_LONG=30 bash benchmarks/gpu_session.sh
-read -r -a MODEL <<< "${LRAG_BENCH_MODEL:---device cuda --preset wan_1_3b}"
+DEVICE=${LRAG_BENCH_DEVICE:-cuda}
+read -r -a MODEL <<< "--device $DEVICE ${LRAG_BENCH_MODEL:---preset wan_1_3b}"
 SHORT=${LRAG_BENCH_SHORT:-120}
 LONG=${LRAG_BENCH_LONG:-480}
 
@@ -69,8 +70,17 @@ run_step predict_wan_$SHORT 250 python3 benchmarks/predict_wan.py "${MODEL[@]}" 
   --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$SHORT.json"
 
 # 2. Frame embedder fit on the GPU (helper A's script), if it is in this checkout.
+#    Its flags are taken from its --help (or LRAG_EMBEDDER_ARGS), so a renamed flag cannot break the call.
 if [[ -f benchmarks/embedder_fit.py ]]; then
-  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py --device "${MODEL[1]}" --json "$OUT/embedder_fit.json"
+  if [[ -n ${LRAG_EMBEDDER_ARGS:-} ]]; then
+    read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
+  else
+    EMB_HELP=$(timeout 60 python3 benchmarks/embedder_fit.py --help 2>&1)
+    EMB_ARGS=()
+    [[ $EMB_HELP == *--device* ]] && EMB_ARGS+=(--device "$DEVICE")
+    [[ $EMB_HELP == *--json* ]] && EMB_ARGS+=(--json "$OUT/embedder_fit.json")
+  fi
+  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py "${EMB_ARGS[@]}"
 else
   echo "SKIP embedder_fit: benchmarks/embedder_fit.py is not in this checkout" | tee -a "$OUT/summary.txt"
 fi
