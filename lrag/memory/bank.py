@@ -55,14 +55,21 @@ class _Stored:
     k: Tensor | None
     v: Tensor | None
     offset: Tensor | None = None
+    copied: "torch.cuda.Event | None" = None  # host tier: D2H copy completion
 
 
-def _to_host(t: Tensor) -> Tensor:
+def _to_host(t: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    """Copy ``t`` to host memory; returns the copy and, for CUDA sources, its completion event."""
     if not t.is_cuda:
-        return t.clone()
-    # Pinned so the per-block host->device copy in gather() can run asynchronously.
+        return t.clone(), None
+    # Pinned so the copy runs asynchronously (off the compute stream's critical path) and the
+    # later host->device copy of a retrieved frame can be asynchronous too. The event guards
+    # every later read: a pinned buffer must not be read before the D2H copy has landed.
     dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    return dst.copy_(t, non_blocking=True)
+    dst.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return dst, done
 
 
 class RetrievalMemory:
@@ -189,7 +196,9 @@ class RetrievalMemory:
             return _Stored(None, None)
         if self.kv_tier == "device":
             return _Stored(k.clone(), v.clone())
-        return _Stored(_to_host(k), _to_host(v))
+        k_host, _ = _to_host(k)
+        v_host, done = _to_host(v)  # same stream: v's event also covers k's copy
+        return _Stored(k_host, v_host, copied=done)
 
     def retrieve(self, query_frame: int) -> RetrievalRecord | None:
         """Top-K pool frames for the block starting at ``query_frame`` (None if none)."""
@@ -210,7 +219,7 @@ class RetrievalMemory:
     def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
         """The retrieved frames' K/V on ``device``: one copy per block, shared by every call.
 
-        Vectorised over the batch (no per-sample loop, no host sync for pools on ``device``).
+        Only the selected frames are copied (K per batch element), never the whole pool.
         """
         if record is None:
             return None
@@ -218,12 +227,18 @@ class RetrievalMemory:
             return self._gather_recomputed(record, device)
         b, k_sel = record.frames.shape
         slots = self._pool_slots(record.frames)
-        pool_k = torch.stack([p.k for p in self._pool], dim=2)  # (layers, B, pool, tokens, h, d)
-        pool_v = torch.stack([p.v for p in self._pool], dim=2)
-        slots = slots.to(pool_k.device)
-        rows = torch.arange(b, device=pool_k.device)[:, None]
-        k = rearrange(pool_k[:, rows, slots], "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
-        v = rearrange(pool_v[:, rows, slots], "l b k t h d -> l b (k t) h d").to(device, non_blocking=True)
+        # Only the K retrieved frames move (never the whole pool): one copy per block, per
+        # frame, straight from where the frame is stored to the compute device.
+        ks, vs = [], []
+        for bi, row in enumerate(slots.tolist()):
+            for slot in row:
+                stored = self._pool[slot]
+                if stored.copied is not None:
+                    stored.copied.synchronize()
+                ks.append(stored.k[:, bi].to(device, non_blocking=True))  # (layers, tokens, h, d)
+                vs.append(stored.v[:, bi].to(device, non_blocking=True))
+        k = rearrange(torch.stack(ks, dim=1), "l (b k) t h d -> l b (k t) h d", b=b)
+        v = rearrange(torch.stack(vs, dim=1), "l (b k) t h d -> l b (k t) h d", b=b)
         return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, self._gather_offsets(slots, device))
 
     def _pool_slots(self, frames: Tensor) -> Tensor:
