@@ -54,11 +54,12 @@ def _config_files(args: Sequence[str]) -> list[str]:
     return files
 
 
-def _accepted_keys(message: str) -> list[str]:
+def _accepted_keys(message: str, dotted_key: str) -> list[str]:
     """Constructor arguments of the innermost class the error is about (empty if unknown)."""
     paths = _CLASS_PATH.findall(message)
     group = re.search(r"Group '(\w+)'", message)
-    target = paths[-1] if paths else _GROUP_CLASSES.get(group.group(1) if group else "", "")
+    group_name = group.group(1) if group else dotted_key.partition(".")[0] if "." in dotted_key else ""
+    target = paths[-1] if paths else _GROUP_CLASSES.get(group_name, "")
     if not target:
         return []
     module, _, name = target.rpartition(".")
@@ -77,13 +78,13 @@ def explain_config_error(message: str, args: Sequence[str]) -> str:
     if not unknown:
         where = f" (config files: {', '.join(files)})" if files else ""
         return f"lrag {command}: invalid configuration{where}:\n{message}\nSee `lrag {command} --help`."
-    key = unknown[-1].split(".")[-1]
+    key = unknown[-1].rsplit(".", 1)[-1]
     hits = []
     for name in files:
         lines = Path(name).read_text().splitlines() if Path(name).is_file() else []
         hits += [f"{name}:{n}" for n, line in enumerate(lines, 1) if re.match(rf"\s*{re.escape(key)}\s*:", line)]
     location = f" at {', '.join(hits)}" if hits else (f" (config files: {', '.join(files)})" if files else "")
-    accepted = _accepted_keys(message)
+    accepted = _accepted_keys(message, unknown[-1])
     close = difflib.get_close_matches(key, accepted, n=1)
     fix = f"did you mean '{close[0]}'? " if close else ""
     listing = f"Accepted keys here: {', '.join(accepted)}. " if accepted else ""
