@@ -72,12 +72,25 @@ def build(config: str, data_dir: str, device: str, total_steps: int, seed: int, 
                    subclass_mode_data=True, run=False, args=args, save_config_callback=None)
 
 
+class CachedBatches:
+    """An iterable of in-memory batches (a bare list would be read by Lightning as several loaders)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def cycle(loader: Iterable) -> Iterable:
     while True:
         yield from loader
 
 
-def run_lightning(cli: LragCLI, device: str, warmup: int, steps: int, batches: list | None) -> float:
+def run_lightning(cli: LragCLI, device: str, warmup: int, steps: int, batches: CachedBatches | None) -> float:
     timer = StepTimer(warmup, device)
     cli.trainer.callbacks.append(timer)
     if batches is None:
@@ -87,7 +100,7 @@ def run_lightning(cli: LragCLI, device: str, warmup: int, steps: int, batches: l
     return steps / (timer.end - timer.start)
 
 
-def run_plain(cli: LragCLI, device: str, warmup: int, steps: int, batches: list | None) -> float:
+def run_plain(cli: LragCLI, device: str, warmup: int, steps: int, batches: CachedBatches | None) -> float:
     """The same step written as a plain loop: forward, loss, backward, clip, optimiser step."""
     module, trainer = cli.model, cli.trainer
     net, criterion = module.net.to(device).train(), module.criterion
@@ -181,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         probe.datamodule.setup("fit")
         # A few distinct batches, referenced repeatedly: full-size runs would not fit otherwise.
         distinct = [b for b, _ in zip(cycle(probe.datamodule.train_dataloader()), range(min(total, 8)))]
-        batches = [distinct[i % len(distinct)] for i in range(total)]
+        batches = CachedBatches([distinct[i % len(distinct)] for i in range(total)])
     rates: dict[str, list[float]] = {"lightning": [], "plain": []}
     for rep in range(args.repeats):
         order = ("lightning", "plain") if rep % 2 == 0 else ("plain", "lightning")
