@@ -6,6 +6,9 @@ Examples::
     lrag memory show RUN
     lrag memory search --run RUN --frame 12 -k 5
     lrag memory sql "SELECT block_index, avg(score) FROM retrievals GROUP BY 1" --format csv
+
+One store holds runs of every descriptor size: ``frames.embedding`` is zero-padded to the store's
+capacity, ``frames.embedding_dim`` and ``frames.descriptor`` say what each row holds.
 """
 
 from __future__ import annotations
@@ -22,16 +25,40 @@ from typing import Any, Literal, Sequence
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from jsonargparse import ArgumentParser, Namespace
+from argparse import RawDescriptionHelpFormatter
+
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from rich.console import Console
 from rich.table import Table
 
 from lrag.memory.sql import SQLError, run_sql
+from lrag.memory.schema import unpad_embeddings
 from lrag.memory.store import MemoryStore, StoreError, sql_quote
 
 DEFAULT_DB = "runs/memory.lancedb"
 OutputFormat = Literal["table", "csv", "json", "parquet"]
 _MAX_LIST_ITEMS = 4  # vectors are long; the terminal table shows their head only
+SQL_EXAMPLES = """\
+frames.embedding is zero-padded to the store's capacity (default 1024); each row's true size is
+frames.embedding_dim and its embedder frames.descriptor (e.g. avg_pool, ae:<sha12>). Examples:
+
+  # the true vectors (DuckDB slices are 1-based and inclusive)
+  lrag memory sql "SELECT run_id, frame_index, embedding[1:embedding_dim] AS vec FROM frames"
+  # the same with list_slice (array_slice is an alias)
+  lrag memory sql "SELECT list_slice(embedding, 1, embedding_dim) AS vec FROM frames"
+  # cosine neighbours of one frame; padding leaves cosine unchanged, but only compare
+  # rows of the same embedding_dim and descriptor
+  lrag memory sql "WITH q AS (SELECT * FROM frames WHERE run_id = 'RUN' AND frame_index = 12)
+    SELECT f.run_id, f.frame_index, array_cosine_similarity(f.embedding, q.embedding) AS sim
+    FROM frames f JOIN q ON f.embedding_dim = q.embedding_dim AND f.descriptor = q.descriptor
+    ORDER BY sim DESC LIMIT 5"
+  # runs per descriptor
+  lrag memory sql "SELECT descriptor, embedding_dim, count(DISTINCT run_id) FROM frames GROUP BY ALL"
+"""
+
+
+class _RawEpilogFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help (types, defaults) with descriptions and examples kept as written."""
 
 
 def _db_argument(parser: ArgumentParser) -> None:
@@ -43,10 +70,13 @@ def _db_argument(parser: ArgumentParser) -> None:
 
 def build_parser() -> ArgumentParser:
     """The ``lrag memory`` parser with its ``sql``, ``runs``, ``show`` and ``search`` commands."""
-    parser = ArgumentParser(prog="lrag memory", description=__doc__.split("\n\n")[0])
+    # jsonargparse formats subcommand help with the root's formatter: keep example layout.
+    parser = ArgumentParser(prog="lrag memory", description=__doc__.split("\n\n")[0],
+                            formatter_class=_RawEpilogFormatter)
     commands = parser.add_subcommands(dest="command")
 
-    sql = ArgumentParser(description="Run one read-only SELECT over runs, frames, retrievals.")
+    sql = ArgumentParser(description="Run one read-only SELECT over runs, frames, retrievals.",
+                         epilog=SQL_EXAMPLES)
     sql.add_argument("query", type=str, help="A single SELECT (or WITH ... SELECT) statement.")
     sql.add_argument("--format", type=OutputFormat, default="table",
                      help="table (terminal), csv, json (array of rows) or parquet.")
@@ -65,7 +95,8 @@ def build_parser() -> ArgumentParser:
     _db_argument(show)
     commands.add_subcommand("show", show, help="Summarise one run.")
 
-    search = ArgumentParser(description="Nearest stored frames (cosine) to one frame's embedding.")
+    search = ArgumentParser(description="Nearest stored frames (cosine) to one frame's embedding, "
+                                        "among frames of the same descriptor and size.")
     search.add_argument("--run", type=str, required=True, help="Run id of the query frame.")
     search.add_argument("--frame", type=int, required=True, help="Frame index of the query frame.")
     search.add_argument("-k", type=int, default=10, help="Number of neighbours to list.")
@@ -270,15 +301,19 @@ def _cmd_search(cfg: Namespace) -> None:
     store = _open_store(cfg.db)
     _require_run(store, cfg.db, cfg.run)
     where = f"run_id = {sql_quote(cfg.run)} AND frame_index = {int(cfg.frame)}"
-    frames = store.scan("frames", where, ["embedding"])
+    frames = unpad_embeddings(
+        store.scan("frames", where, ["embedding", "embedding_dim", "descriptor"]))
     if frames.num_rows == 0:
         done = store.get_run(cfg.run)["frames_done"]
         raise SystemExit(
             f"run {cfg.run!r} has no frame {cfg.frame} in {cfg.db}; it stores frames "
             f"0..{done - 1}: pick --frame in that range."
         )
-    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k)
+    descriptor = frames["descriptor"][0].as_py()
+    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k, descriptor=descriptor)
     rows = [{"rank": i, **{k: h[k] for k in ("run_id", "frame_index", "block_index", "score")}}
             for i, h in enumerate(hits)]
+    dim = frames["embedding_dim"][0].as_py()
     _print_table(pa.Table.from_pylist(rows),
-                 title=f"{len(rows)} nearest frames to {cfg.run} frame {cfg.frame}")
+                 title=f"{len(rows)} nearest frames to {cfg.run} frame {cfg.frame} "
+                       f"({descriptor}, {dim} dims)")

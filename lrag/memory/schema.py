@@ -1,7 +1,14 @@
 """Table schemas and row types of the run memory (declared once, versioned).
 
 Every table's Arrow schema carries ``lrag.schema_version`` in its metadata; a store whose tables
-are newer than :data:`SCHEMA_VERSION` is refused by :class:`lrag.memory.store.MemoryStore`.
+have another version than :data:`SCHEMA_VERSION` is refused by
+:class:`lrag.memory.store.MemoryStore`.
+
+One store holds runs of any descriptor size: ``frames.embedding`` is a fixed-size vector of the
+store-wide *capacity* (recorded as ``lrag.embedding_capacity`` in the table metadata, so the
+vector index stays possible), each row keeps its true ``embedding_dim`` and ``descriptor`` and
+its vector is zero-padded. Zero padding leaves the cosine similarity of two vectors of the same
+original size unchanged; rows of different sizes or descriptors are never compared.
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 VERSION_KEY = b"lrag.schema_version"
+CAPACITY_KEY = b"lrag.embedding_capacity"
+#: Default ``frames.embedding`` capacity: the reference AE embedder's latent_dim.
+DEFAULT_EMBEDDING_CAPACITY = 1024
+#: ``FrameRow.descriptor`` when the writer does not say how the embedding was made.
+UNSPECIFIED_DESCRIPTOR = "unspecified"
 RUN_STATUSES = ("running", "complete", "failed")
 RunStatus = Literal["running", "complete", "failed"]
 TABLES = ("runs", "frames", "retrievals")
 
 
-def _schema(fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()})
+def _schema(fields: list[pa.Field], extra: dict[bytes, bytes] | None = None) -> pa.Schema:
+    return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode(), **(extra or {})})
 
 
 RUNS_SCHEMA = _schema([
@@ -50,24 +62,26 @@ RETRIEVALS_SCHEMA = _schema([
 
 
 def vector(dim: int) -> pa.DataType:
-    """Fixed-size float32 vector type of ``dim`` components (the embedder's output size)."""
-    if dim <= 0:
-        raise ValueError(f"embedding_dim must be a positive int, got {dim!r}")
+    """Fixed-size float32 vector type of ``dim`` components."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"embedding capacity must be a positive int, got {dim!r}")
     return pa.list_(pa.float32(), dim)
 
 
-def frames_schema(dim: int) -> pa.Schema:
-    """Schema of the ``frames`` table for embeddings of size ``dim``."""
+def frames_schema(capacity: int = DEFAULT_EMBEDDING_CAPACITY) -> pa.Schema:
+    """Schema of the ``frames`` table whose ``embedding`` vectors hold up to ``capacity`` dims."""
     return _schema([
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("frame_index", pa.int32()),
         pa.field("block_index", pa.int32()),
-        pa.field("embedding", vector(dim)),
+        pa.field("embedding", vector(capacity)),  # zero-padded from embedding_dim to capacity
+        pa.field("embedding_dim", pa.int32()),  # true size of this row's descriptor
+        pa.field("descriptor", pa.string()),  # how it was made, e.g. "avg_pool", "ae:<sha12>"
         pa.field("shard", pa.string()),  # latent location: shard file + sample key
         pa.field("key", pa.string()),
         pa.field("preview_png", pa.binary()),
         pa.field("created", pa.timestamp("us", tz="UTC")),
-    ])
+    ], {CAPACITY_KEY: str(capacity).encode()})
 
 
 @dataclass
@@ -85,15 +99,21 @@ class RunInfo:
 
 @dataclass
 class FrameRow:
-    """One generated latent frame: its descriptor and where its latent lives."""
+    """One generated latent frame: its descriptor and where its latent lives.
+
+    ``descriptor`` names how ``embedding`` was computed (e.g. ``"avg_pool"`` or
+    ``"ae:<sha256[:12]>"`` of the embedder checkpoint); search compares only rows with the same
+    descriptor and size, so two embedders of equal output size are not mixed.
+    """
 
     run_id: str
     frame_index: int
     block_index: int
-    embedding: np.ndarray  # float32 [D]
+    embedding: np.ndarray  # float32 [D], D <= the store's embedding capacity
     shard: str
     key: str
     preview_png: bytes = b""
+    descriptor: str = UNSPECIFIED_DESCRIPTOR
 
 
 @dataclass
@@ -120,18 +140,43 @@ def decode_run(row: dict) -> dict:
     return row
 
 
-def frame_dict(row: FrameRow, run_id: str, block: int) -> dict:
-    """``row`` as a ``frames`` record; refuses a row of another run or block."""
+def pad_vector(vector: np.ndarray, capacity: int) -> np.ndarray:
+    """``vector`` as float32 ``[capacity]``, zero-padded at the end.
+
+    Raises:
+        ValueError: The vector is empty or longer than ``capacity``.
+    """
+    flat = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if flat.shape[0] == 0 or flat.shape[0] > capacity:
+        raise ValueError(
+            f"embedding has {flat.shape[0]} dims but the store's embedding capacity is "
+            f"{capacity}; use an embedder of at most {capacity} dims, or a new store made "
+            f"with MemoryStore(uri, embedding_capacity={max(flat.shape[0], 1)}) (a new --db / "
+            "store_uri folder)."
+        )
+    if flat.shape[0] == capacity:
+        return flat
+    return np.concatenate([flat, np.zeros(capacity - flat.shape[0], np.float32)])
+
+
+def frame_dict(row: FrameRow, run_id: str, block: int, capacity: int) -> dict:
+    """``row`` as a ``frames`` record padded to ``capacity``; refuses another run's/block's row."""
     if row.run_id != run_id or row.block_index != block:
         raise ValueError(
             f"FrameRow(run {row.run_id!r}, block {row.block_index}) passed to "
             f"add_block(run {run_id!r}, block {block}); rows must belong to that block."
         )
+    if not row.descriptor:
+        raise ValueError(
+            f"FrameRow(run {run_id!r}, frame {row.frame_index}).descriptor is empty; name how "
+            "the embedding was made (e.g. 'avg_pool') or leave the default."
+        )
+    dim = int(np.asarray(row.embedding).size)
     return {
         "run_id": run_id, "frame_index": int(row.frame_index), "block_index": int(block),
-        "embedding": np.asarray(row.embedding, dtype=np.float32).reshape(-1),
-        "shard": row.shard, "key": row.key, "preview_png": bytes(row.preview_png),
-        "created": now(),
+        "embedding": pad_vector(row.embedding, capacity), "embedding_dim": dim,
+        "descriptor": str(row.descriptor), "shard": row.shard, "key": row.key,
+        "preview_png": bytes(row.preview_png), "created": now(),
     }
 
 
@@ -147,3 +192,25 @@ def retrieval_dict(row: RetrievalRow, run_id: str, block: int) -> dict:
         "rank": int(row.rank), "retrieved_frame": int(row.retrieved_frame),
         "score": float(row.score),
     }
+
+
+def unpad_embeddings(table: pa.Table) -> pa.Table:
+    """``table`` with ``embedding`` cut back to each row's ``embedding_dim``.
+
+    A fixed-size vector of the true size when all rows share one size (always so for one run's
+    frames), else a variable-size list. Tables without those columns are returned unchanged.
+    """
+    names = table.column_names
+    if "embedding" not in names or "embedding_dim" not in names or table.num_rows == 0:
+        return table
+    column = table["embedding"].combine_chunks()
+    dims = table["embedding_dim"].to_numpy()
+    padded = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    if len(set(dims.tolist())) == 1:
+        dim = int(dims[0])
+        unpadded = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(padded[:, :dim]).reshape(-1), pa.float32()), dim)
+    else:
+        unpadded = pa.array([row[: int(d)] for row, d in zip(padded, dims, strict=True)],
+                            pa.list_(pa.float32()))
+    return table.set_column(names.index("embedding"), "embedding", unpadded)

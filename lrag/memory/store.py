@@ -1,7 +1,9 @@
 """The run memory on disk: one LanceDB database with ``runs``, ``frames`` and ``retrievals``.
 
-Schemas live in :mod:`lrag.memory.schema` and carry a schema version, so a store written by a
-newer lrag is refused instead of misread. Blocks are written as they finish; a block's ``frames``
+Schemas live in :mod:`lrag.memory.schema` and carry a schema version, so a store written by
+another lrag schema is refused instead of misread. One store holds runs of every descriptor size:
+vectors are zero-padded to the store's embedding capacity and search only compares frames of the
+same ``embedding_dim`` and ``descriptor``. Blocks are written as they finish; a block's ``frames``
 rows are appended *last*, in one commit, so their presence marks the block as complete
 (:meth:`MemoryStore.completed_blocks`) even if the process dies half-way through
 :meth:`MemoryStore.add_block`.
@@ -23,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from lrag.memory.schema import (
+    CAPACITY_KEY,
+    DEFAULT_EMBEDDING_CAPACITY,
     RETRIEVALS_SCHEMA,
     RUN_STATUSES,
     RUNS_SCHEMA,
@@ -37,7 +41,9 @@ from lrag.memory.schema import (
     frame_dict,
     frames_schema,
     now,
+    pad_vector,
     retrieval_dict,
+    unpad_embeddings,
 )
 
 __all__ = [
@@ -85,6 +91,14 @@ def _check_version(name: str, uri: str, schema: pa.Schema) -> None:
         version = int(raw) if raw is not None else None
     except ValueError:
         version = None
+    if version is not None and version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"memory store {uri}: table {name!r} has schema version {version}, written by an "
+            f"older lrag; this lrag needs version {SCHEMA_VERSION} (frames of any embedding "
+            "size in one store). Point the store at a new folder (`--db NEW` for `lrag memory`, "
+            "`--model.init_args.store_uri NEW` for `lrag predict`), or move the old folder "
+            "aside; the old runs stay readable with the lrag that wrote them."
+        )
     if version is None or version > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"memory store {uri}: table {name!r} has schema version {raw!r}, but this lrag "
@@ -98,8 +112,10 @@ class MemoryStore:
 
     Args:
         uri: Database folder (e.g. ``runs/memory.lancedb``); created on first write.
-        embedding_dim: Size of frame embeddings; needed only to create the ``frames`` table
-            (otherwise taken from the first block written). Must match an existing table.
+        embedding_capacity: Largest embedding size the ``frames`` table holds; used only when
+            this store creates the table (default 1024, the reference AE's latent_dim). An
+            existing table keeps the capacity it was made with (``embedding_capacity`` then
+            reports it). Smaller embeddings are zero-padded; larger ones are refused.
         index_min_rows: Build the ANN index on ``frames.embedding`` once the table has this
             many rows (IVF-PQ needs several hundred rows to train; below that search is exact).
         index_type: LanceDB vector index type, e.g. ``"IVF_PQ"`` or ``"IVF_FLAT"``.
@@ -108,12 +124,12 @@ class MemoryStore:
     def __init__(
         self,
         uri: str | Path,
-        embedding_dim: int | None = None,
+        embedding_capacity: int | None = None,
         index_min_rows: int = 4096,
         index_type: str = "IVF_PQ",
     ) -> None:
         self.uri = str(uri)
-        self.embedding_dim = embedding_dim
+        self.embedding_capacity = embedding_capacity
         self.index_min_rows = index_min_rows
         self.index_type = index_type
         # Interval 0: every read sees other processes' commits (two writers share one store).
@@ -129,14 +145,12 @@ class MemoryStore:
         table = self._db.open_table(name)
         _check_version(name, self.uri, table.schema)
         if name == "frames":
-            dim = table.schema.field("embedding").type.list_size
-            if self.embedding_dim not in (None, dim):
-                raise StoreError(
-                    f"memory store {self.uri}: frames.embedding has {dim} dims but "
-                    f"embedding_dim={self.embedding_dim}; use the embedder the store was made "
-                    "with or a new --db."
-                )
-            self.embedding_dim = dim
+            capacity = table.schema.field("embedding").type.list_size
+            if self.embedding_capacity not in (None, capacity):
+                log.warning("memory store %s: frames were created with embedding capacity %d; "
+                            "ignoring embedding_capacity=%d", self.uri, capacity,
+                            self.embedding_capacity)
+            self.embedding_capacity = capacity
         self._tables[name] = table
         return table
 
@@ -153,16 +167,15 @@ class MemoryStore:
             raise StoreError(f"memory store {self.uri}: could not create table {name!r}")
         return table
 
-    def _frames_table(self, dim: int | None) -> Any:
+    def _frames_table(self) -> Any:
         if self._open("frames") is None:
-            dim = self.embedding_dim or dim
-            if dim is None:
-                raise StoreError(
-                    f"memory store {self.uri}: cannot create the frames table without "
-                    "embedding_dim; pass MemoryStore(uri, embedding_dim=D)."
-                )
-            self.embedding_dim = dim
-        return self._create("frames", frames_schema(self.embedding_dim or dim))
+            capacity = self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY
+            try:
+                schema = frames_schema(capacity)
+            except ValueError as err:
+                raise StoreError(f"memory store {self.uri}: {err}") from err
+            return self._create("frames", schema)
+        return self._open("frames")
 
     def scan(
         self, name: str, where: str | None = None, columns: list[str] | None = None
@@ -173,7 +186,7 @@ class MemoryStore:
         table = self._open(name)
         if table is None:
             schema = {"runs": RUNS_SCHEMA, "retrievals": RETRIEVALS_SCHEMA}.get(name)
-            schema = schema or frames_schema(self.embedding_dim or 1)
+            schema = schema or frames_schema(self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY)
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
         query = table.search()
@@ -248,12 +261,13 @@ class MemoryStore:
         self._require_run(run_id)
         if not frames:
             raise StoreError(f"add_block(run {run_id!r}, block {block}): no frames given")
+        frames_tbl = self._frames_table()
+        capacity = frames_tbl.schema.field("embedding").type.list_size
+        self._check_frames(run_id, block, frames, capacity)
         frame_table = pa.Table.from_pylist(
-            [frame_dict(r, run_id, block) for r in frames],
-            schema=frames_schema(self._frame_dim(frames)),
+            [frame_dict(r, run_id, block, capacity) for r in frames], schema=frames_tbl.schema,
         )
         retrieval_rows = [retrieval_dict(r, run_id, block) for r in retrievals]
-        frames_tbl = self._frames_table(self._frame_dim(frames))
         retr_tbl = self._create("retrievals", RETRIEVALS_SCHEMA)
         where = f"run_id = {sql_quote(run_id)} AND block_index = {int(block)}"
         with_retries(lambda: frames_tbl.delete(where))
@@ -268,15 +282,33 @@ class MemoryStore:
             where=f"run_id = {sql_quote(run_id)}", values={"frames_done": int(done)}
         ))
 
-    def _frame_dim(self, frames: Sequence[FrameRow]) -> int:
-        dims = {np.asarray(r.embedding).reshape(-1).shape[0] for r in frames}
-        expected = self.embedding_dim or next(iter(dims))
-        if dims != {expected}:
+    def _check_frames(
+        self, run_id: str, block: int, frames: Sequence[FrameRow], capacity: int
+    ) -> None:
+        """One run keeps one descriptor kind and size, which must fit the store's capacity."""
+        kinds = {(int(np.asarray(r.embedding).size), r.descriptor) for r in frames}
+        if len(kinds) != 1:
             raise StoreError(
-                f"memory store {self.uri}: frame embeddings have sizes {sorted(dims)} but the "
-                f"frames table expects {expected}; use the embedder the store was made with."
+                f"add_block(run {run_id!r}, block {block}): frames mix embedding sizes/"
+                f"descriptors {sorted(kinds)}; one run uses one descriptor."
             )
-        return expected
+        dim, descriptor = next(iter(kinds))
+        if dim > capacity:
+            raise StoreError(
+                f"memory store {self.uri}: run {run_id!r} has {dim}-dim embeddings "
+                f"(descriptor {descriptor!r}) but the store holds at most {capacity} dims; use "
+                f"a new store folder (`store_uri` / --db) made with embedding_capacity >= {dim}, "
+                f"or an embedder of at most {capacity} dims."
+            )
+        where = f"run_id = {sql_quote(run_id)} AND block_index <> {int(block)}"
+        earlier = (self._open("frames").search().where(where, prefilter=True)
+                   .select(["embedding_dim", "descriptor"]).limit(1).to_arrow().to_pylist())
+        if earlier and (earlier[0]["embedding_dim"], earlier[0]["descriptor"]) != (dim, descriptor):
+            raise StoreError(
+                f"memory store {self.uri}: run {run_id!r} was written with {earlier[0]['descriptor']!r} "
+                f"({earlier[0]['embedding_dim']} dims) but block {block} has {descriptor!r} ({dim} "
+                "dims); resume it with the embedder it started with, or start a new run."
+            )
 
     def completed_blocks(self, run_id: str) -> int:
         """Number of leading blocks whose frames are all present (where a resume starts).
@@ -300,12 +332,16 @@ class MemoryStore:
         return count
 
     def frames(self, run_id: str, with_previews: bool = True) -> pa.Table:
-        """The run's ``frames`` rows, ordered by frame index."""
+        """The run's ``frames`` rows, ordered by frame index, with unpadded embeddings.
+
+        ``embedding`` is a fixed-size float32 vector of the run's true ``embedding_dim`` (the
+        store pads it to its capacity on disk; :meth:`scan` and SQL show the padded column).
+        """
         columns = None if with_previews else [
             f.name for f in frames_schema(1) if f.name != "preview_png"
         ]
         table = self.scan("frames", f"run_id = {sql_quote(run_id)}", columns)
-        return table.sort_by("frame_index")
+        return unpad_embeddings(table.sort_by("frame_index"))
 
     def retrievals(self, run_id: str) -> pa.Table:
         """The run's ``retrievals`` rows, ordered by block then rank."""
@@ -347,28 +383,55 @@ class MemoryStore:
         )
         return True
 
-    def search(self, vector: np.ndarray, k: int = 10, run_id: str | None = None) -> list[dict]:
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        run_id: str | None = None,
+        descriptor: str | None = None,
+    ) -> list[dict]:
         """Nearest stored frames to ``vector`` [D] by cosine, across all runs or one run.
 
+        Only frames with the query's size ``D`` and ``descriptor`` are compared (other
+        descriptors live in other embedding spaces).
+
+        Args:
+            vector: Unpadded query embedding ``[D]``.
+            k: Number of neighbours.
+            run_id: Search only this run's frames.
+            descriptor: The query's descriptor (``FrameRow.descriptor``); may be left out when
+                the store holds one descriptor of size ``D``.
+
         Returns:
-            Dicts with ``run_id, frame_index, block_index, distance`` (cosine distance) and
-            ``score`` (cosine similarity = 1 - distance), best first.
+            Dicts with ``run_id, frame_index, block_index, embedding_dim, descriptor,
+            distance`` (cosine distance) and ``score`` (cosine similarity = 1 - distance),
+            best first.
         """
         table = self._open("frames")
         if table is None:
             return []
         query_vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        dim = table.schema.field("embedding").type.list_size
-        if query_vec.shape[0] != dim:
-            raise StoreError(f"search vector has {query_vec.shape[0]} dims; frames have {dim}")
+        dim = query_vec.shape[0]
+        if dim == 0 or dim > self.embedding_capacity:
+            raise StoreError(
+                f"search vector has {dim} dims; frames in {self.uri} have 1 to "
+                f"{self.embedding_capacity} dims"
+            )
+        descriptor = descriptor if descriptor is not None else self._only_descriptor(dim)
+        if descriptor is None:
+            return []
+        where = f"embedding_dim = {dim} AND descriptor = {sql_quote(descriptor)}"
+        if run_id is not None:
+            where += f" AND run_id = {sql_quote(run_id)}"
         query = (
-            table.search(query_vec, vector_column_name="embedding")
+            table.search(pad_vector(query_vec, self.embedding_capacity),
+                         vector_column_name="embedding")
             .distance_type("cosine")
-            .select(["run_id", "frame_index", "block_index", "_distance"])
+            .where(where, prefilter=True)
+            .select(["run_id", "frame_index", "block_index", "embedding_dim", "descriptor",
+                     "_distance"])
             .limit(k)
         )
-        if run_id is not None:
-            query = query.where(f"run_id = {sql_quote(run_id)}", prefilter=True)
         if self.has_index():
             query = query.refine_factor(10)  # re-rank PQ candidates with exact vectors
         rows = query.to_arrow().to_pylist()
@@ -376,3 +439,13 @@ class MemoryStore:
             row["distance"] = float(row.pop("_distance"))
             row["score"] = 1.0 - row["distance"]
         return rows
+
+    def _only_descriptor(self, dim: int) -> str | None:
+        found = self.scan("frames", f"embedding_dim = {dim}", ["descriptor"])["descriptor"]
+        names = sorted(set(found.to_pylist()))
+        if len(names) > 1:
+            raise StoreError(
+                f"memory store {self.uri}: {dim}-dim frames come from descriptors {names}; pass "
+                "search(..., descriptor=NAME) so frames of different embedders are not mixed."
+            )
+        return names[0] if names else None

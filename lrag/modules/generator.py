@@ -315,8 +315,12 @@ class GeneratorModule(L.LightningModule):
     def _frame_rows(self, run: _Run, result: BlockResult, location, frames: np.ndarray
                     ) -> list[FrameRow]:
         f = result.latents.shape[1]
+        descriptor = "avg_pool"  # the store never compares frames of different descriptors
         if result.descriptors is not None:
             embeddings = result.descriptors[0].float().cpu().numpy()
+            descriptor = str(getattr(self.memory, "descriptor", descriptor))
+            if descriptor == "ae":
+                descriptor += ":" + self.checkpoint_hashes().get("embedder", "unhashed")[:12]
         else:  # native memories may compute no descriptor: spatial mean is zero-safe
             embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
         # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).
@@ -325,7 +329,7 @@ class GeneratorModule(L.LightningModule):
             FrameRow(run_id=run.run_id, frame_index=result.start_frame + j,
                      block_index=result.block, embedding=embeddings[j].astype(np.float32),
                      shard=location.shard, key=location.key,
-                     preview_png=png_preview(frames[pick[j]]))
+                     preview_png=png_preview(frames[pick[j]]), descriptor=descriptor)
             for j in range(f)
         ]
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from lrag.cli import main
+from lrag.commands.memory import SQL_EXAMPLES
 from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
 
 DIM = 6
-JOIN = ("SELECT r.block_index, r.rank, f.block_index AS src_block, u.backbone, f.embedding "
+CAP = 16  # raw padded width; SQL slices back to embedding_dim
+JOIN = ("SELECT r.block_index, r.rank, f.block_index AS src_block, u.backbone, "
+        "f.embedding[1:f.embedding_dim] AS embedding "
         "FROM retrievals r JOIN frames f ON f.run_id = r.run_id "
         "AND f.frame_index = r.retrieved_frame JOIN runs u ON u.run_id = r.run_id "
         "ORDER BY r.block_index, r.rank")
@@ -23,7 +27,7 @@ JOIN = ("SELECT r.block_index, r.rank, f.block_index AS src_block, u.backbone, f
 @pytest.fixture()
 def db(tmp_path) -> str:
     uri = tmp_path / "runs" / "memory.lancedb"
-    store = MemoryStore(uri, embedding_dim=DIM)
+    store = MemoryStore(uri, embedding_capacity=CAP)
     rng = np.random.default_rng(3)
     for run in ("alpha", "beta"):
         store.start_run(RunInfo(run, "seed: 1\n", "tiny", {"tiny": "f00d"}, ["a red ball"], 1, 8))
@@ -120,3 +124,30 @@ def test_errors_name_the_thing_and_the_fix(db, tmp_path):
     missing = str(tmp_path / "nowhere.lancedb")
     with pytest.raises(SystemExit, match="no memory store at .*nowhere.lancedb.*--db"):
         main(["memory", "runs", "--db", missing])
+
+
+def test_search_only_lists_frames_of_the_same_descriptor(db, capsys):
+    store = MemoryStore(db)
+    store.start_run(RunInfo("wide", "", "tiny", {}, [], 1, 2))
+    store.add_block("wide", 0, [FrameRow("wide", i, 0, np.ones(CAP, np.float32) * (i + 1), "x",
+                                         "k", descriptor="ae:0000aaaa1111") for i in range(2)])
+    main(["memory", "search", "--run", "alpha", "--frame", "0", "-k", "50", "--db", db])
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
+    assert f"16 nearest frames to alpha frame 0 (unspecified, {DIM} dims)" in out
+    assert "wide" not in out
+    main(["memory", "search", "--run", "wide", "--frame", "1", "-k", "50", "--db", db])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"2 nearest frames to wide frame 1 (ae:0000aaaa1111, {CAP} dims)" in out
+    assert "alpha" not in out and "beta" not in out
+
+
+def test_sql_help_examples_run(db, capsys):
+    examples = re.findall(r'lrag memory sql "(.*?)"', SQL_EXAMPLES, flags=re.DOTALL)
+    assert len(examples) >= 4
+    for query in examples:
+        main(["memory", "sql", query.replace("'RUN'", "'alpha'").replace("= 12", "= 3"),
+              "--db", db, "--format", "json"])
+        rows = json.loads(capsys.readouterr().out)
+        assert rows, query
+        if "vec" in rows[0]:
+            assert {len(r["vec"]) for r in rows} == {DIM}

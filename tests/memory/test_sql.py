@@ -9,16 +9,17 @@ from lrag.memory.sql import SQLError, SQLRefusedError, check_read_only, run_sql
 from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
 
 DIM = 4
+CAP = 8  # store capacity: DIM-dim rows are zero-padded to CAP in the raw column
 
 
 @pytest.fixture()
 def uri(tmp_path):
     uri = tmp_path / "memory.lancedb"
-    store = MemoryStore(uri, embedding_dim=DIM)
+    store = MemoryStore(uri, embedding_capacity=CAP)
     store.start_run(RunInfo("r1", "a: 1\n", "tiny", {}, ["p"], 0, 6))
     for b in range(3):
         frames = [FrameRow("r1", 2 * b + i, b, np.eye(DIM, dtype=np.float32)[(2 * b + i) % DIM],
-                           "s.tar", f"k{b}") for i in range(2)]
+                           "s.tar", f"k{b}", descriptor="avg_pool") for i in range(2)]
         retr = [RetrievalRow("r1", b, 2 * b, 0, 0, 0.75)] if b else []
         store.add_block("r1", b, frames, retr)
     return uri
@@ -55,6 +56,29 @@ def test_embeddings_are_queryable(uri):
     """)
     assert result["frame_index"].to_pylist() == [1, 5]  # one-hot rows repeat every DIM frames
     assert result["sim"].to_pylist() == pytest.approx([1.0, 1.0])
+
+
+def test_padded_embeddings_slice_back_per_descriptor(uri):
+    store = MemoryStore(uri)
+    store.start_run(RunInfo("r2", "", "tiny", {}, [], 0, 2))
+    store.add_block("r2", 0, [FrameRow("r2", i, 0, np.full(CAP, i + 1.0, np.float32), "s", "k",
+                                       descriptor="ae:abc") for i in range(2)])
+    result = run_sql(uri, """
+        SELECT run_id, embedding_dim, descriptor, embedding[1:embedding_dim] AS vec,
+               len(embedding) AS stored
+        FROM frames WHERE frame_index = 1 ORDER BY run_id
+    """).to_pylist()
+    assert [(r["run_id"], r["embedding_dim"], r["descriptor"], r["stored"]) for r in result] == [
+        ("r1", DIM, "avg_pool", CAP), ("r2", CAP, "ae:abc", CAP)]
+    assert result[0]["vec"] == [0.0, 1.0, 0.0, 0.0] and result[1]["vec"] == [2.0] * CAP
+    same_space = run_sql(uri, """
+        WITH q AS (SELECT embedding, embedding_dim, descriptor FROM frames
+                   WHERE run_id = 'r2' AND frame_index = 0)
+        SELECT f.run_id, f.frame_index FROM frames f JOIN q
+          ON f.embedding_dim = q.embedding_dim AND f.descriptor = q.descriptor
+        ORDER BY array_cosine_similarity(f.embedding, q.embedding) DESC, f.frame_index
+    """)
+    assert set(same_space["run_id"].to_pylist()) == {"r2"} and same_space.num_rows == 2
 
 
 @pytest.mark.parametrize(("query", "refused"), [
@@ -99,5 +123,5 @@ def test_bad_sql_and_missing_store(uri, tmp_path):
 
 def test_tables_never_written_are_empty_not_missing(tmp_path):
     uri = tmp_path / "memory.lancedb"
-    MemoryStore(uri, embedding_dim=DIM).start_run(RunInfo("r", "", "tiny", {}, [], 0, 1))
+    MemoryStore(uri, embedding_capacity=CAP).start_run(RunInfo("r", "", "tiny", {}, [], 0, 1))
     assert run_sql(uri, "SELECT count(*) AS n FROM retrievals")["n"].to_pylist() == [0]

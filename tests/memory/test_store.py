@@ -12,7 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from lrag.memory.schema import SCHEMA_VERSION, VERSION_KEY, frames_schema
+from lrag.memory.schema import (
+    DEFAULT_EMBEDDING_CAPACITY,
+    RUNS_SCHEMA,
+    SCHEMA_VERSION,
+    UNSPECIFIED_DESCRIPTOR,
+    VERSION_KEY,
+    frames_schema,
+)
 from lrag.memory.store import (
     FrameRow,
     MemoryStore,
@@ -23,6 +30,7 @@ from lrag.memory.store import (
 )
 
 DIM = 8
+CAP = 16  # small store capacity keeps the tests fast; DIM rows are zero-padded to it
 FPB = 3  # frames per block
 
 
@@ -31,10 +39,12 @@ def _info(run_id: str, frames: int = 12) -> RunInfo:
                    seed=7, frames_planned=frames)
 
 
-def _block(run_id: str, block: int, rng: np.random.Generator, retrieve: int = 2):
+def _block(run_id: str, block: int, rng: np.random.Generator, retrieve: int = 2,
+           dim: int = DIM, descriptor: str = UNSPECIFIED_DESCRIPTOR):
     frames = [
-        FrameRow(run_id, block * FPB + i, block, rng.standard_normal(DIM).astype(np.float32),
-                 f"latents-{block:03d}.tar", f"{run_id}/{block}", b"\x89PNG" + bytes([i]))
+        FrameRow(run_id, block * FPB + i, block, rng.standard_normal(dim).astype(np.float32),
+                 f"latents-{block:03d}.tar", f"{run_id}/{block}", b"\x89PNG" + bytes([i]),
+                 descriptor)
         for i in range(FPB)
     ]
     retrievals = [
@@ -45,7 +55,7 @@ def _block(run_id: str, block: int, rng: np.random.Generator, retrieve: int = 2)
 
 
 def _store_with_blocks(tmp_path, blocks: int, run_id: str = "run-a") -> MemoryStore:
-    store = MemoryStore(tmp_path / "memory.lancedb", embedding_dim=DIM)
+    store = MemoryStore(tmp_path / "memory.lancedb", embedding_capacity=CAP)
     store.start_run(_info(run_id))
     rng = np.random.default_rng(0)
     for b in range(blocks):
@@ -71,7 +81,12 @@ def test_schema_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(frames["embedding"][0].as_py(), np.float32), expected)
     retr = reopened.retrievals("run-a")
     assert retr["rank"].to_pylist() == [0, 1] and retr["block_index"].to_pylist() == [1, 1]
-    assert reopened.embedding_dim == DIM and store.list_runs()[0]["run_id"] == "run-a"
+    assert frames["embedding_dim"].to_pylist() == [DIM] * 2 * FPB
+    assert set(frames["descriptor"].to_pylist()) == {UNSPECIFIED_DESCRIPTOR}
+    raw = reopened.scan("frames", None, ["embedding"])["embedding"]
+    assert raw.type == pa.list_(pa.float32(), CAP)  # on disk: zero-padded to the capacity
+    assert not np.asarray(raw[0].as_py())[DIM:].any()
+    assert reopened.embedding_capacity == CAP and store.list_runs()[0]["run_id"] == "run-a"
 
 
 def test_status_and_unknown_run(tmp_path):
@@ -87,10 +102,75 @@ def test_status_and_unknown_run(tmp_path):
         store.start_run(_info("run-a"))
 
 
-def test_embedding_dim_mismatch_is_refused(tmp_path):
-    _store_with_blocks(tmp_path, 1)
-    with pytest.raises(StoreError, match="8 dims but embedding_dim=16"):
-        MemoryStore(tmp_path / "memory.lancedb", embedding_dim=16).frames("run-a")
+def test_default_capacity_and_existing_capacity_wins(tmp_path):
+    store = MemoryStore(tmp_path / "memory.lancedb")
+    store.start_run(_info("run-a"))
+    store.add_block("run-a", 0, *_block("run-a", 0, np.random.default_rng(0)))
+    assert store.embedding_capacity == DEFAULT_EMBEDDING_CAPACITY
+    again = MemoryStore(tmp_path / "memory.lancedb", embedding_capacity=CAP)
+    assert again.frames("run-a")["embedding"].type == pa.list_(pa.float32(), DIM)
+    assert again.embedding_capacity == DEFAULT_EMBEDDING_CAPACITY
+
+
+def test_runs_of_different_descriptor_sizes_share_one_store(tmp_path):
+    store = MemoryStore(tmp_path / "memory.lancedb", embedding_capacity=64)
+    rng = np.random.default_rng(3)
+    written = {}
+    for run, dim, desc in (("pool", 16, "avg_pool"), ("ae", 64, "ae:0123456789ab")):
+        store.start_run(_info(run))
+        written[run] = [_block(run, b, rng, dim=dim, descriptor=desc) for b in range(3)]
+        for b, (frames, retr) in enumerate(written[run]):
+            store.add_block(run, b, frames, retr)
+    reopened = MemoryStore(tmp_path / "memory.lancedb")
+    for run, dim in (("pool", 16), ("ae", 64)):
+        frames = reopened.frames(run)
+        expected = np.stack([r.embedding for blk, _ in written[run] for r in blk])
+        np.testing.assert_array_equal(np.stack(frames["embedding"].to_pylist()), expected)
+        assert frames.schema.field("embedding").type == pa.list_(pa.float32(), dim)
+        assert reopened.completed_blocks(run) == 3
+        hits = reopened.search(expected[4], k=50)
+        assert {(h["run_id"], h["embedding_dim"]) for h in hits} == {(run, dim)}
+        assert len(hits) == 3 * FPB and hits[0]["frame_index"] == 4
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_never_mixes_descriptors_of_one_size(tmp_path):
+    store = MemoryStore(tmp_path / "memory.lancedb", embedding_capacity=CAP)
+    rng = np.random.default_rng(4)
+    for run, desc in (("pool", "avg_pool"), ("ae", "ae:feedbeef0000")):
+        store.start_run(_info(run))
+        store.add_block(run, 0, *_block(run, 0, rng, descriptor=desc))
+    query = store.frames("pool")["embedding"][1].as_py()
+    with pytest.raises(StoreError, match=r"descriptors \['ae:feedbeef0000', 'avg_pool'\]"):
+        store.search(query, k=10)
+    hits = store.search(query, k=10, descriptor="avg_pool")
+    assert {h["descriptor"] for h in hits} == {"avg_pool"} and len(hits) == FPB
+    assert hits[0]["frame_index"] == 1
+    assert store.search(np.ones(3), k=5) == []  # no 3-dim frames: nothing comparable
+
+
+def test_capacity_overflow_and_mixed_runs_are_refused(tmp_path):
+    store = _store_with_blocks(tmp_path, 1)
+    store.start_run(_info("big"))
+    rows, _ = _block("big", 0, np.random.default_rng(0), dim=CAP + 1)
+    with pytest.raises(StoreError, match=f"17-dim embeddings.*at most {CAP} dims.*>= 17"):
+        store.add_block("big", 0, rows, [])
+    with pytest.raises(StoreError, match=f"search vector has 17 dims.*1 to {CAP}"):
+        store.search(np.ones(CAP + 1), k=1)
+    later, _ = _block("run-a", 1, np.random.default_rng(0), descriptor="avg_pool")
+    with pytest.raises(StoreError, match="written with 'unspecified'.*block 1 has 'avg_pool'"):
+        store.add_block("run-a", 1, later, [])
+    mixed = _block("run-a", 1, np.random.default_rng(0))[0][:1] + later[1:]
+    with pytest.raises(StoreError, match="mix embedding sizes/descriptors"):
+        store.add_block("run-a", 1, mixed, [])
+    assert store.completed_blocks("run-a") == 1 and store.completed_blocks("big") == 0
+
+
+def test_v1_store_is_refused_with_a_way_out(tmp_path):
+    db = lancedb.connect(tmp_path / "memory.lancedb")
+    db.create_table("runs", schema=RUNS_SCHEMA.with_metadata({VERSION_KEY: b"1"}))
+    with pytest.raises(SchemaVersionError, match="schema version 1.*older lrag.*--db NEW"):
+        MemoryStore(tmp_path / "memory.lancedb").list_runs()
 
 
 def test_newer_schema_version_is_refused(tmp_path):
@@ -107,7 +187,7 @@ def test_interrupted_run_keeps_finished_blocks(tmp_path):
     script = textwrap.dedent(f"""
         import os, numpy as np
         from lrag.memory.store import MemoryStore, FrameRow, RunInfo
-        s = MemoryStore({str(uri)!r}, embedding_dim={DIM})
+        s = MemoryStore({str(uri)!r}, embedding_capacity={CAP})
         s.start_run(RunInfo("run-a", "", "tiny", {{}}, [], 0, 12))
         for b in range(3):
             s.add_block("run-a", b, [FrameRow("run-a", b * {FPB} + i, b,
@@ -167,12 +247,10 @@ def test_search_returns_the_frame_itself_first(tmp_path):
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert {h["run_id"] for h in store.search(query, k=20, run_id="run-a")} == {"run-a"}
-    with pytest.raises(StoreError, match="3 dims"):
-        store.search(np.zeros(3), k=1)
 
 
 def test_vector_index_built_above_threshold(tmp_path):
-    store = MemoryStore(tmp_path / "memory.lancedb", embedding_dim=DIM, index_min_rows=300)
+    store = MemoryStore(tmp_path / "memory.lancedb", embedding_capacity=CAP, index_min_rows=300)
     store.start_run(_info("big", frames=320))
     rng = np.random.default_rng(0)
     for b in range(5):
@@ -194,7 +272,7 @@ def test_two_processes_appending_lose_no_rows(tmp_path):
         import sys, numpy as np
         from lrag.memory.store import MemoryStore, FrameRow, RetrievalRow, RunInfo
         run = sys.argv[1]
-        s = MemoryStore({str(uri)!r}, embedding_dim={DIM})
+        s = MemoryStore({str(uri)!r}, embedding_capacity={CAP})
         s.start_run(RunInfo(run, "", "tiny", {{}}, [], 0, 60))
         for b in range(20):
             s.add_block(run, b, [FrameRow(run, b * 3 + i, b, np.full({DIM}, b + i, np.float32),
