@@ -27,7 +27,7 @@ from lrag.modules.nets.autoencoder import (
 log = logging.getLogger(__name__)
 
 #: Modules imported before dispatch so that their ``register_exporter`` calls run.
-EXPORTER_MODULES: list[str] = []
+EXPORTER_MODULES: list[str] = ["lrag.modules.backbone_io"]
 
 
 @dataclass(frozen=True)

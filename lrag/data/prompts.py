@@ -1,13 +1,26 @@
-"""Predict-time data: a list of prompts (from YAML or a text file) with one seed each."""
+"""Predict-time data: prompts (from YAML or a text file) with one seed each, or procedural worlds.
+
+:class:`PromptDataModule` feeds text prompts. :class:`WorldPromptDataModule` feeds procedural
+worlds (:mod:`lrag.data.world`): per video a prompt, a noise seed and a :class:`WorldSpec` (the
+world seed, its camera trajectory and the ground truth), so a camera-conditioned backbone gets
+the same per-frame camera as in training and the run can be scored against the world later.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["PromptDataModule", "PromptDataset", "read_prompt_file", "collate_prompts"]
+from lrag.data.world import WorldConfig
+from lrag.data.world_datamodule import render_world
+
+__all__ = ["PromptDataModule", "PromptDataset", "WorldPromptDataModule", "WorldSpec",
+           "collate_prompts", "read_prompt_file"]
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -111,3 +124,98 @@ class PromptDataModule(L.LightningDataModule):
             shuffle=False,
             collate_fn=collate_prompts,
         )
+
+
+@dataclass
+class WorldSpec:
+    """The world of one video: what camera conditioning and scoring need.
+
+    Attributes:
+        world_seed: Seed of the world map and of its trajectory.
+        positions: ``[F, 2]`` viewport (x, y) per latent frame, in latent cells.
+        camera: ``[F, 2]`` displacement (dx, dy) per latent frame.
+        meta: JSON-serialisable ground truth of the clip (``generate_world_clip``'s meta).
+    """
+
+    world_seed: int
+    positions: Tensor
+    camera: Tensor
+    meta: dict[str, Any]
+
+
+class _WorldDataset(Dataset):
+    def __init__(self, prompts: list[str], seeds: list[int], worlds: list[WorldSpec]) -> None:
+        self.prompts, self.seeds, self.worlds = prompts, seeds, worlds
+
+    def __len__(self) -> int:
+        return len(self.worlds)
+
+    def __getitem__(self, index: int) -> tuple[str, int, WorldSpec]:
+        return self.prompts[index], self.seeds[index], self.worlds[index]
+
+
+def collate_worlds(items: list[tuple[str, int, WorldSpec]]) -> dict[str, list]:
+    """Batch as ``{"prompts": [...], "seeds": [...], "worlds": list[WorldSpec]}``."""
+    return {"prompts": [p for p, _, _ in items], "seeds": [s for _, s, _ in items],
+            "worlds": [w for _, _, w in items]}
+
+
+class WorldPromptDataModule(L.LightningDataModule):
+    """Feeds procedural worlds to ``GeneratorModule.predict_step`` (one video per world).
+
+    Args:
+        world_seeds: World seeds, one video each. Training worlds of ``configs/backbone/demo.yaml``
+            are ``0..63``; held-out worlds (e.g. ``1000+``) are what ``lrag eval`` scores.
+        num_frames: Latent frames of trajectory rendered per world; at least the generator's
+            ``num_frames`` (trajectories are prefix-stable, longer is harmless).
+        seeds: Noise seed per world; omitted = the world seed.
+        prompts: Prompt per world; omitted = the training prompt (``world_prompt``: the style).
+        height: Latent frame height (world ``frame_height``; the backbone's training size).
+        width: Latent frame width.
+        channels: Latent channels.
+        revisit_min: Shortest loop / out-and-back period of trajectories, in frames.
+        revisit_max: Longest period, in frames.
+        batch_size: Worlds per ``predict_step`` call (each is still its own video).
+    """
+
+    def __init__(
+        self,
+        world_seeds: list[int],
+        num_frames: int = 120,
+        seeds: list[int] | None = None,
+        prompts: list[str] | None = None,
+        height: int = 8,
+        width: int = 8,
+        channels: int = 16,
+        revisit_min: int = 16,
+        revisit_max: int = 40,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if not world_seeds:
+            raise ValueError("WorldPromptDataModule: `world_seeds` is empty; give at least one seed.")
+        for name, values in (("seeds", seeds), ("prompts", prompts)):
+            if values is not None and len(values) != len(world_seeds):
+                raise ValueError(f"WorldPromptDataModule: {len(values)} {name} for {len(world_seeds)} "
+                                 f"world_seeds; give one per world or omit `{name}`.")
+        if num_frames < 1 or batch_size < 1:
+            raise ValueError(f"WorldPromptDataModule: num_frames ({num_frames}) and batch_size "
+                             f"({batch_size}) must be >= 1.")
+        self.world_seeds = [int(s) for s in world_seeds]
+        self.seeds = list(seeds) if seeds is not None else list(self.world_seeds)
+        self._prompts = list(prompts) if prompts is not None else None
+        self.num_frames, self.batch_size = num_frames, batch_size
+        self.world_config = WorldConfig(frame_height=height, frame_width=width, channels=channels,
+                                        revisit_min=revisit_min, revisit_max=revisit_max)
+
+    def world(self, index: int) -> tuple[str, WorldSpec]:
+        """Render world ``index``: its prompt and :class:`WorldSpec`."""
+        seed = self.world_seeds[index]
+        clip = render_world(seed, self.num_frames, self.world_config)
+        prompt = self._prompts[index] if self._prompts is not None else clip["prompt"]
+        return prompt, WorldSpec(seed, clip["positions"], clip["camera"], clip["meta"])
+
+    def predict_dataloader(self) -> DataLoader:  # noqa: D102
+        rendered = [self.world(i) for i in range(len(self.world_seeds))]
+        dataset = _WorldDataset([p for p, _ in rendered], self.seeds, [w for _, w in rendered])
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_worlds)

@@ -11,6 +11,9 @@ Layout::
                                     [F, C, H, W]: directly usable as embedder training data
     video.mp4                       decoded through the codec, H.264 yuv420p
     retrievals.png                  retrieved frame index vs block
+    world.json                      ground truth of a procedural-world run (camera path,
+                                    landmarks, revisits; ``generate_world_clip``'s meta), also
+                                    in the consolidated clip's JSON as ``ground_truth``
 
 A block is durable once its ``.safetensors`` and ``.tar`` are renamed into place; the store rows
 are written after both, so a block listed in the store always has its latents on disk.
@@ -19,6 +22,7 @@ are written after both, so a block listed in the store always has its latents on
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -109,6 +113,29 @@ class RunOutputs:
         self.meta = dict(meta)
         self.fps = fps
         self._video = VideoWriter(self.dir / "video.mp4", fps=fps) if write_video else None
+        self._truth: dict[str, Any] | None = None
+
+    @property
+    def ground_truth_path(self) -> Path:
+        """``world.json`` of this run."""
+        return self.dir / "world.json"
+
+    def write_ground_truth(self, truth: dict[str, Any]) -> Path:
+        """Write the world's ground truth (JSON-serialisable meta) to ``world.json``.
+
+        Block clips then carry the world seed, the consolidated clip the whole ground truth.
+        """
+        self._truth = truth
+        tmp = self.ground_truth_path.with_name("world.json.tmp")
+        tmp.write_text(json.dumps(truth), encoding="utf-8")
+        os.replace(tmp, self.ground_truth_path)
+        return self.ground_truth_path
+
+    def read_ground_truth(self) -> dict[str, Any] | None:
+        """The ground truth of ``world.json`` (None for a run without a world)."""
+        if self._truth is None and self.ground_truth_path.is_file():
+            self._truth = json.loads(self.ground_truth_path.read_text(encoding="utf-8"))
+        return self._truth
 
     def write_config(self, config_yaml: str) -> Path:
         """Write ``config.yaml`` (kept from the first start when resuming)."""
@@ -139,6 +166,8 @@ class RunOutputs:
                             "start_frame": str(start_frame)})
         os.replace(tmp, state)
         meta = {**self.meta, "source": self.run_id, "frame_offset": start_frame, "block": block}
+        if self._truth is not None:
+            meta["world_seed"] = self._truth.get("world", {}).get("world_id")
         with ShardWriter(self.blocks_dir, prefix=f"block-{block:05d}",
                          max_clips_per_shard=1) as writer:
             loc = writer.write(f"block-{block:05d}", latents, meta)
@@ -184,8 +213,10 @@ class RunOutputs:
         for stale in self.dir.glob("latents-*.tar*"):
             stale.unlink()  # a previous attempt's consolidated clip; rewrite it whole
         with ShardWriter(self.dir, prefix="latents", max_clips_per_shard=1) as writer:
-            writer.write(self.run_id, latents.detach().float().cpu(),
-                         {**self.meta, "source": self.run_id, "frame_offset": 0})
+            meta = {**self.meta, "source": self.run_id, "frame_offset": 0}
+            if self._truth is not None:
+                meta["ground_truth"] = self._truth
+            writer.write(self.run_id, latents.detach().float().cpu(), meta)
         if self._video is not None:
             self._video.close()
         plot_retrievals(retrievals, num_blocks, frames_per_block, self.dir / "retrievals.png",

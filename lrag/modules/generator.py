@@ -20,13 +20,18 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import torch
 import yaml
 from torch import Tensor, nn
 
+from lrag.assets import resolve_asset
+from lrag.data.prompts import WorldSpec
 from lrag.data.run_outputs import RunOutputs, png_preview
 from lrag.memory.bank import RetrievalMemory
 from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
-from lrag.modules.nets.checkpoints import checkpoint_hash, load_backbone_weights
+from lrag.modules.generator_world import (blank_prefix, load_generator_weights, set_world, shift_result,
+                                          truncate_meta, world_from_meta)
+from lrag.modules.nets.checkpoints import checkpoint_hash
 from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
 from lrag.modules.schedule import FlowMatchSchedule
 
@@ -38,7 +43,8 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 #: Model knobs that change the latents; a resumed run must use the values it started with.
 _LATENT_KNOBS = ("num_frames", "frames_per_block", "window", "sink", "budget", "channels",
                  "height", "width", "backbone", "memory", "schedule", "text_encoder",
-                 "backbone_checkpoint")
+                 "backbone_checkpoint", "positions", "memory_position", "sink_mode",
+                 "embedder_checkpoint")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class _Run:
     prompt: str
     seed: int
     outputs: RunOutputs
+    world: WorldSpec | None = None
     done_blocks: int = 0
     resume_latents: Tensor | None = None
     frames_done: int = 0
@@ -61,7 +68,9 @@ class GeneratorModule(L.LightningModule):
     """Samples long videos with retrieval-augmented AR diffusion and persists every block.
 
     Args:
-        backbone: Causal video DiT (``CausalWanModel`` or the tiny preset) predicting flow.
+        backbone: Causal video DiT (``CausalWanModel`` or the tiny preset) predicting flow,
+            optionally wrapped in ``lrag.modules.backbone_fit.CameraConditioned`` (then the data
+            must give each video a world: ``WorldPromptDataModule``).
         memory: Retrieval memory; ``memory_size: 0`` is the native sliding-window baseline.
         text_encoder: ``prompts -> [B, L, text_dim]`` context (``TinyTextEncoder``, umT5).
         codec: Latent -> uint8 video decoder with ``decode(latents [B,F,C,H,W])``.
@@ -72,6 +81,12 @@ class GeneratorModule(L.LightningModule):
         sink: Leading frames kept in attention forever.
         budget: ``"replace"``: retrieved frames replace local-window frames (constant
             attention length); ``"add"``: they are attended in addition to the window.
+        positions: Temporal RoPE rule of sink/local frames (``AttentionPolicy``):
+            ``"auto" | "absolute" | "slot"``; use the backbone's training value.
+        memory_position: RoPE position of retrieved frames, ``"zero"`` (reference) or ``"slot"``.
+        sink_mode: ``"first"``: the video's first frame is the sink; ``"blank"``: one block of
+            zero frames precedes the video (as ``BackboneFitModule(sink_mode="blank")`` trained);
+            the blank block is not persisted and retrieved blank frames get negative indices.
         channels: Latent channels C; ``None`` takes the codec's ``channels``.
         height: Latent height H.
         width: Latent width W.
@@ -83,7 +98,11 @@ class GeneratorModule(L.LightningModule):
         write_video: Decode through the codec and write ``video.mp4``.
         backbone_checkpoint: Local weights for the backbone (safetensors, Lightning ``.ckpt``
             or an upstream generator checkpoint), loaded strictly; ``None`` keeps the
-            initialisation (seeded by ``seed_everything``).
+            initialisation (seeded by ``seed_everything``). A ``CameraConditioned`` backbone
+            takes a ``BackboneFitModule`` ``.ckpt`` or its ``lrag export``. ``asset:<file>``
+            names a shipped file of ``lrag/assets``.
+        embedder_checkpoint: Frame embedder for ``descriptor: ae`` memories (``asset:<file>``
+            allowed); ``None`` leaves the memory's own ``embedder_path``.
         progress: Show a per-video progress bar (blocks done, frames/s) on stderr.
     """
 
@@ -99,6 +118,9 @@ class GeneratorModule(L.LightningModule):
         window: int = 12,
         sink: int = 1,
         budget: Literal["replace", "add"] = "replace",
+        positions: Literal["auto", "absolute", "slot"] = "auto",
+        memory_position: Literal["zero", "slot"] = "zero",
+        sink_mode: Literal["first", "blank"] = "first",
         channels: int | None = None,
         height: int = 8,
         width: int = 8,
@@ -108,20 +130,25 @@ class GeneratorModule(L.LightningModule):
         fps: float = 16.0,
         write_video: bool = True,
         backbone_checkpoint: str | None = None,
+        embedder_checkpoint: str | None = None,
         progress: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "memory", "text_encoder", "codec",
                                           "schedule"])
-        _check_knobs(num_frames, frames_per_block, window, sink, budget, run_name)
+        _check_knobs(num_frames, frames_per_block, window, sink, budget, run_name, sink_mode)
         self.backbone, self.memory = backbone, memory
         self.text_encoder, self.codec, self.schedule = text_encoder, codec, schedule
         self.channels = channels if channels is not None else getattr(codec, "channels", None)
         if self.channels is None:
             raise ValueError("GeneratorModule: set `channels` (the codec has no `channels`).")
         self._hashes: dict[str, str] = {}
+        #: Training knobs of a loaded ``BackboneFitModule`` checkpoint (None otherwise).
+        self.backbone_info = None
         if backbone_checkpoint is not None:
             self._load_backbone(backbone_checkpoint)
+        if embedder_checkpoint is not None:
+            self._load_embedder(embedder_checkpoint)
         self._resume_id: str | None = None
         self._video_index = 0
         self._store: MemoryStore | None = None
@@ -130,15 +157,25 @@ class GeneratorModule(L.LightningModule):
 
     # -- set-up ----------------------------------------------------------------------------
     def _load_backbone(self, path: str) -> None:
-        if not Path(path).is_file():
+        if not path.startswith("asset:") and not Path(path).is_file():
             raise FileNotFoundError(
                 f"model.init_args.backbone_checkpoint: {path} does not exist. Put the weights of "
                 f"the {type(self.backbone).__name__} backbone (.safetensors, Lightning .ckpt or "
                 f"an upstream generator .pt) at {Path(path).resolve()}, or set "
                 "backbone_checkpoint: null to sample from the seeded random initialisation."
             )
-        load_backbone_weights(self.backbone, path)
-        self._hashes["backbone_checkpoint"] = checkpoint_hash(path)
+        self._hashes["backbone_checkpoint"], self.backbone_info = load_generator_weights(
+            self.backbone, path, "model.init_args.backbone_checkpoint", dict(self.hparams))
+
+    def _load_embedder(self, path: str) -> None:
+        from lrag.modules.nets.autoencoder import load_embedder
+
+        path = resolve_asset(path, "model.init_args.embedder_checkpoint")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.init_args.embedder_checkpoint: {path} does not exist; "
+                                    "export one with `lrag export <EmbedderModule .ckpt> OUT.safetensors`.")
+        self.memory.set_embedder(load_embedder(path))
+        self._hashes["embedder"] = checkpoint_hash(path)
 
     def checkpoint_hashes(self) -> dict[str, str]:
         """Hashes identifying the weights (file hash and a digest of the backbone tensors)."""
@@ -199,7 +236,8 @@ class GeneratorModule(L.LightningModule):
         """Generate one video per prompt of ``batch`` (or continue the ``--resume`` run).
 
         Args:
-            batch: ``{"prompts": list[str], "seeds": list[int]}``.
+            batch: ``{"prompts": list[str], "seeds": list[int]}`` and, from
+                ``WorldPromptDataModule``, ``"worlds": list[WorldSpec]``.
             batch_idx: Index of the batch.
 
         Returns:
@@ -213,23 +251,27 @@ class GeneratorModule(L.LightningModule):
             if len(batch["prompts"]) != len(batch["seeds"]):
                 raise ValueError(f"batch {batch_idx}: {len(batch['prompts'])} prompts but "
                                  f"{len(batch['seeds'])} seeds; give one seed per prompt.")
-            runs = [self._new_run(p, int(s)) for p, s in zip(batch["prompts"], batch["seeds"])]
+            worlds = batch.get("worlds") or [None] * len(batch["prompts"])
+            runs = [self._new_run(p, int(s), w)
+                    for p, s, w in zip(batch["prompts"], batch["seeds"], worlds)]
         for run in runs:
             self._generate(run)
         return {"run_ids": [r.run_id for r in runs],
                 "dirs": [str(r.outputs.dir) for r in runs]}
 
-    def _new_run(self, prompt: str, seed: int) -> _Run:
+    def _new_run(self, prompt: str, seed: int, world: WorldSpec | None = None) -> _Run:
         run_id = self._new_run_id()
         outputs = self._outputs(run_id, prompt, seed)
         config = self._config_yaml()
         outputs.write_config(config)
+        if world is not None:
+            outputs.write_ground_truth(truncate_meta(world.meta, self.hparams.num_frames))
         self._store.start_run(RunInfo(
             run_id=run_id, config_yaml=config, backbone=_class_path(self.backbone),
             checkpoint_hashes=self.checkpoint_hashes(), prompts=[prompt], seed=seed,
             frames_planned=self.hparams.num_frames,
         ))
-        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs)
+        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world)
 
     def _resumed_run(self, run_id: str) -> _Run:
         info = self._store.get_run(run_id)
@@ -247,7 +289,9 @@ class GeneratorModule(L.LightningModule):
         log.info("resuming %s after %d finished blocks", run_id, done)
         self._store.set_status(run_id, "running")
         resume = latents[None].to(self.device) if done else None
+        truth = outputs.read_ground_truth()
         return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
+                    world=world_from_meta(truth) if truth is not None else None,
                     done_blocks=done, resume_latents=resume)
 
     def _check_resume_config(self, info: dict) -> None:
@@ -265,22 +309,38 @@ class GeneratorModule(L.LightningModule):
                 f"(saved as {Path(self.hparams.out_dir) / info['run_id'] / 'config.yaml'})."
             )
 
+    @property
+    def prefix(self) -> int:
+        """Blank frames in front of every video (``sink_mode: blank``), never persisted."""
+        return self.hparams.frames_per_block if self.hparams.sink_mode == "blank" else 0
+
+    def _sampler_start(self, run: _Run) -> Tensor | None:
+        """Latents the sampler treats as finished: the blank prefix, then resumed blocks."""
+        hp, p = self.hparams, self.prefix
+        set_world(self.backbone, self.memory, run.world, hp.num_frames, p, self.device)
+        if run.resume_latents is not None:
+            run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
+        if not p:
+            return run.resume_latents
+        blank = blank_prefix(p, self.channels, hp.height, hp.width, self.device)
+        return blank if run.resume_latents is None else torch.cat([blank, run.resume_latents], 1)
+
     def _generate(self, run: _Run) -> Tensor:
-        store, hp = self._store, self.hparams
+        store, hp, p = self._store, self.hparams, self.prefix
         sampler = ARSampler(self.backbone, self.schedule, self.memory, hp.frames_per_block,
-                            hp.window, hp.sink, budget=hp.budget)
+                            hp.window, hp.sink, budget=hp.budget, positions=hp.positions,
+                            memory_position=hp.memory_position)
         noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
         try:
             context = self.text_encoder([run.prompt]).to(self.device)
-            if run.resume_latents is not None:
-                run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
+            start = self._sampler_start(run)
             with _progress_bar(hp.progress) as bar:
                 run.progress = bar
                 run.task = bar.add_task(run.run_id, total=hp.num_frames // hp.frames_per_block,
                                         completed=run.done_blocks, fps=0.0)
-                latents = sampler(noise, context, hp.num_frames,
+                latents = sampler(noise, context, p + hp.num_frames,
                                   on_block=lambda result: self._on_block(run, result),
-                                  resume_latents=run.resume_latents)
+                                  resume_latents=start)[:, p:]
             retrievals = store.retrievals(run.run_id).to_pydict()
             run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
                                hp.frames_per_block)
@@ -300,8 +360,9 @@ class GeneratorModule(L.LightningModule):
         return self.codec.decode(latents).cpu().numpy()
 
     def _on_block(self, run: _Run, result: BlockResult) -> None:
+        result = shift_result(result, self.prefix, self.hparams.frames_per_block)
         if result.block < run.done_blocks:
-            return  # replayed context pass of a block that is already on disk
+            return  # the blank prefix or a replayed block that is already on disk
         latents = result.latents[0]  # one run per sampler call: batch of 1
         location = run.outputs.write_block(result.block, result.start_frame, latents)
         frames = self._decode(result.latents)[0]
@@ -362,7 +423,7 @@ class GeneratorModule(L.LightningModule):
 
 
 def _check_knobs(num_frames: int, frames_per_block: int, window: int, sink: int, budget: str,
-                 run_name: str | None) -> None:
+                 run_name: str | None, sink_mode: str = "first") -> None:
     if frames_per_block < 1 or num_frames < frames_per_block or num_frames % frames_per_block:
         raise ValueError(
             f"GeneratorModule: num_frames={num_frames} must be a positive multiple of "
@@ -372,6 +433,8 @@ def _check_knobs(num_frames: int, frames_per_block: int, window: int, sink: int,
         raise ValueError(f"GeneratorModule: need 0 <= sink ({sink}) < window ({window}).")
     if budget not in ("replace", "add"):
         raise ValueError(f"GeneratorModule: budget={budget!r}; use 'replace' or 'add'.")
+    if sink_mode not in ("first", "blank"):
+        raise ValueError(f"GeneratorModule: sink_mode={sink_mode!r}; use 'first' or 'blank'.")
     if run_name is not None and not _RUN_NAME.match(run_name):
         raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
                          "and '-' only (it becomes a directory and a shard key).")

@@ -1,0 +1,143 @@
+"""World conditioning and trained-weight loading for :class:`GeneratorModule`.
+
+Sampling a camera-conditioned backbone has to repeat what training did
+(:class:`lrag.modules.backbone_fit.BackboneFitModule`) and what ``lrag eval`` does
+(:func:`lrag.eval.runner._generate`): with ``sink_mode: blank`` one block of zero frames is
+put in front of the video (given to the sampler as already-finished latents), its frames have
+no place (NaN position) and no motion, and every other frame gets the world's camera. The
+helpers here build those per-video tensors and move the sampler's block results back to video
+coordinates (the blank prefix is never persisted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lrag.assets import resolve_asset
+from lrag.data.prompts import WorldSpec
+from lrag.memory.bank import RetrievalRecord
+from lrag.modules.backbone_io import BackboneFitInfo, load_backbone_fit
+from lrag.modules.nets.checkpoints import checkpoint_hash, load_backbone_weights
+from lrag.modules.sampler import BlockResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PER_FRAME_META", "load_generator_weights", "set_world", "shift_result", "truncate_meta",
+           "world_from_meta"]
+
+#: Ground-truth fields of a world clip's meta that hold one entry per latent frame.
+PER_FRAME_META = ("positions", "camera", "visible_landmarks", "objects", "revisits")
+#: GeneratorModule knobs that should equal the backbone's training values.
+_MATCH_TRAINING = ("frames_per_block", "positions", "memory_position", "sink_mode")
+
+
+def camera_mode(backbone: nn.Module) -> str:
+    """``"none"`` for a plain backbone, else the ``CameraConditioned`` mode."""
+    return getattr(backbone, "camera", "none")
+
+
+def load_generator_weights(backbone: nn.Module, path: str, field: str, knobs: dict[str, Any]
+                           ) -> tuple[str, BackboneFitInfo | None]:
+    """Load ``path`` (``asset:`` names allowed) strictly into ``backbone``.
+
+    A camera-conditioned backbone takes a ``BackboneFitModule`` checkpoint or its export;
+    a plain backbone takes any generator checkpoint (:func:`load_backbone_weights`).
+
+    Args:
+        backbone: The injected backbone.
+        path: Config value of ``field``.
+        field: Config field name, for error messages.
+        knobs: The generator's knobs; differences from training knobs are logged.
+
+    Returns:
+        ``(sha256 of the file, training info or None)``.
+    """
+    path = resolve_asset(path, field)
+    if hasattr(backbone, "camera"):
+        info = load_backbone_fit(backbone, path)
+        for name in _MATCH_TRAINING:
+            trained = info.knobs.get(name)
+            if trained is not None and knobs.get(name) != trained:
+                log.warning("%s: %s=%r at sampling but %r in training (%s)", field, name,
+                            knobs.get(name), trained, path)
+    else:
+        load_backbone_weights(backbone, path)
+        info = None
+    return checkpoint_hash(path), info
+
+
+def truncate_meta(meta: dict[str, Any], frames: int) -> dict[str, Any]:
+    """The ground truth of the first ``frames`` frames (per-frame lists cut, the rest kept)."""
+    out = dict(meta)
+    for key in PER_FRAME_META:
+        if isinstance(out.get(key), list):
+            out[key] = out[key][:frames]
+    if isinstance(out.get("revisits"), list):
+        out["revisits"] = [[j for j in r if j < frames] for r in out["revisits"]]
+    return out
+
+
+def world_from_meta(meta: dict[str, Any]) -> WorldSpec:
+    """Rebuild a :class:`WorldSpec` from the ``world.json`` of a run directory (resume)."""
+    return WorldSpec(int(meta["world"]["world_id"]),
+                     torch.tensor(meta["positions"], dtype=torch.float32),
+                     torch.tensor(meta["camera"], dtype=torch.float32), meta)
+
+
+def set_world(backbone: nn.Module, memory: Any, world: WorldSpec | None, num_frames: int,
+              prefix: int, device: torch.device) -> None:
+    """Give the backbone (and a pose-oracle memory) the camera of every global frame.
+
+    Args:
+        backbone: Backbone, possibly ``CameraConditioned``.
+        memory: The retrieval memory; a ``GroundTruthMemory`` gets the viewport positions.
+        world: The video's world, or None (text prompt only).
+        num_frames: Frames of the video (without the prefix).
+        prefix: Blank frames in front of the video.
+        device: Sampling device.
+
+    Raises:
+        ValueError: A camera-conditioned backbone without a world, or a too short trajectory.
+    """
+    if world is None:
+        if camera_mode(backbone) != "none":
+            raise ValueError(
+                f"the backbone is camera-conditioned (camera={camera_mode(backbone)!r}) and needs a "
+                "camera path per video: use data: class_path: lrag.data.prompts.WorldPromptDataModule."
+            )
+        return
+    if world.positions.shape[0] < num_frames:
+        raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
+                         f"the video has {num_frames}; raise data.init_args.num_frames.")
+    pos = torch.cat([torch.full((prefix, 2), math.nan), world.positions[:num_frames].float()])[None]
+    cam = torch.cat([torch.zeros(prefix, 2), world.camera[:num_frames].float()])[None]
+    if hasattr(backbone, "set_camera"):
+        backbone.set_camera(cam.to(device), pos.to(device))
+    if hasattr(memory, "set_positions"):
+        memory.set_positions(pos.to(device))
+
+
+def shift_result(result: BlockResult, prefix: int, frames_per_block: int) -> BlockResult:
+    """A block result in video coordinates: frame and block indices minus the blank prefix.
+
+    Retrieved frames of the prefix get negative indices (they are blank, never persisted).
+    """
+    if not prefix:
+        return result
+    record: RetrievalRecord | None = result.retrieval
+    if record is not None:
+        record = dataclasses.replace(record, query_frame=record.query_frame - prefix,
+                                     frames=record.frames - prefix)
+    return dataclasses.replace(result, block=result.block - prefix // frames_per_block,
+                               start_frame=result.start_frame - prefix, retrieval=record)
+
+
+def blank_prefix(prefix: int, channels: int, height: int, width: int, device: torch.device) -> Tensor:
+    """Zero latents ``[1, prefix, C, H, W]`` of the blank sink block."""
+    return torch.zeros(1, prefix, channels, height, width, device=device)
