@@ -33,6 +33,37 @@ RunStatus = Literal["running", "complete", "failed"]
 TABLES = ("runs", "frames", "retrievals")
 
 
+class StoreError(RuntimeError):
+    """A memory store cannot be used as asked (unknown run, bad row, wrong schema)."""
+
+
+class SchemaVersionError(StoreError):
+    """A table was written with a schema version this lrag does not understand."""
+
+
+def check_version(name: str, uri: str, schema: pa.Schema) -> None:
+    """Refuse table ``name`` of the store at ``uri`` unless its schema is this lrag's version."""
+    raw = (schema.metadata or {}).get(VERSION_KEY)
+    try:
+        version = int(raw) if raw is not None else None
+    except ValueError:
+        version = None
+    if version is not None and version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"memory store {uri}: table {name!r} has schema version {version}, written by an "
+            f"older lrag; this lrag needs version {SCHEMA_VERSION} (frames of any embedding "
+            "size in one store). Point the store at a new folder (`--db NEW` for `lrag memory`, "
+            "`--model.init_args.store_uri NEW` for `lrag predict`), or move the old folder "
+            "aside; the old runs stay readable with the lrag that wrote them."
+        )
+    if version is None or version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"memory store {uri}: table {name!r} has schema version {raw!r}, but this lrag "
+            f"understands versions up to {SCHEMA_VERSION}; upgrade lrag or point --db at "
+            "another store."
+        )
+
+
 def _schema(fields: list[pa.Field], extra: dict[bytes, bytes] | None = None) -> pa.Schema:
     return pa.schema(fields, metadata={VERSION_KEY: str(SCHEMA_VERSION).encode(), **(extra or {})})
 

@@ -25,18 +25,19 @@ import numpy as np
 import pyarrow as pa
 
 from lrag.memory.schema import (
-    CAPACITY_KEY,
     DEFAULT_EMBEDDING_CAPACITY,
     RETRIEVALS_SCHEMA,
     RUN_STATUSES,
     RUNS_SCHEMA,
     SCHEMA_VERSION,
     TABLES,
-    VERSION_KEY,
     FrameRow,
     RetrievalRow,
     RunInfo,
     RunStatus,
+    SchemaVersionError,
+    StoreError,
+    check_version,
     decode_run,
     frame_dict,
     frames_schema,
@@ -52,14 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-
-class StoreError(RuntimeError):
-    """A memory store cannot be used as asked (unknown run, bad row, wrong schema)."""
-
-
-class SchemaVersionError(StoreError):
-    """A table was written with a schema version this lrag does not understand."""
 
 
 def sql_quote(value: str) -> str:
@@ -83,28 +76,6 @@ def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
             log.debug("store write conflict (attempt %d): %s", attempt + 1, err)
             time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
-
-
-def _check_version(name: str, uri: str, schema: pa.Schema) -> None:
-    raw = (schema.metadata or {}).get(VERSION_KEY)
-    try:
-        version = int(raw) if raw is not None else None
-    except ValueError:
-        version = None
-    if version is not None and version < SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"memory store {uri}: table {name!r} has schema version {version}, written by an "
-            f"older lrag; this lrag needs version {SCHEMA_VERSION} (frames of any embedding "
-            "size in one store). Point the store at a new folder (`--db NEW` for `lrag memory`, "
-            "`--model.init_args.store_uri NEW` for `lrag predict`), or move the old folder "
-            "aside; the old runs stay readable with the lrag that wrote them."
-        )
-    if version is None or version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"memory store {uri}: table {name!r} has schema version {raw!r}, but this lrag "
-            f"understands versions up to {SCHEMA_VERSION}; upgrade lrag or point --db at "
-            "another store."
-        )
 
 
 class MemoryStore:
@@ -143,7 +114,7 @@ class MemoryStore:
         if name not in self._db.list_tables().tables:
             return None
         table = self._db.open_table(name)
-        _check_version(name, self.uri, table.schema)
+        check_version(name, self.uri, table.schema)
         if name == "frames":
             capacity = table.schema.field("embedding").type.list_size
             if self.embedding_capacity not in (None, capacity):

@@ -261,9 +261,16 @@ def test_vector_index_built_above_threshold(tmp_path):
             assert not store.ensure_index() and not store.has_index()  # 256 rows < 300
     store.set_status("big", "complete")
     assert store.has_index()
+    store.start_run(_info("small"))
+    store.add_block("small", 0, *_block("small", 0, rng, dim=4, descriptor="avg_pool"))
     emb = np.stack(store.frames("big")["embedding"].to_pylist())
     for i in (0, 77, 319):
-        assert store.search(emb[i], k=1)[0]["frame_index"] == i
+        hits = store.search(emb[i], k=400)
+        assert hits[0]["frame_index"] == i and {h["run_id"] for h in hits} == {"big"}
+    small = store.frames("small")["embedding"][2].as_py()
+    hits = store.search(small, k=400)
+    assert [(h["run_id"], h["frame_index"]) for h in hits][:1] == [("small", 2)]
+    assert len(hits) == FPB and {h["embedding_dim"] for h in hits} == {4}
 
 
 def test_two_processes_appending_lose_no_rows(tmp_path):
