@@ -227,6 +227,8 @@ def setup_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda but torch.cuda.is_available() is False: no GPU or a CPU-only torch")
+        if device.index is None:  # set_device() needs an index ("cuda" alone is refused)
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         # TF32 only touches fp32 matmuls (norm statistics, the float64->fp32 paths stay exact).
         torch.set_float32_matmul_precision("high")
