@@ -161,3 +161,43 @@ def test_kill_9_loses_no_block_and_resume_is_bit_identical(tmp_path):
     assert np.array_equal(final, next(iter_clips(str(tmp_path / "runs" / "ref-0" /
                                                      "latents-000000.tar"))).latents)
     assert probe_video(run_dir / "video.mp4").frames == frames
+
+
+# -- configs/predict/demo.yaml: the embedded default with the shipped weights ------------------
+DEMO = str(ROOT / "configs" / "predict" / "demo.yaml")
+
+
+@pytest.mark.slow
+def test_demo_config_runs_with_shipped_assets_from_any_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # asset: paths must not depend on the working directory
+    frames = 18
+    main(["predict", "--config", DEMO, f"--model.init_args.num_frames={frames}",
+          "--model.init_args.run_name=demo", "--model.init_args.progress=false"])
+    run_dir = tmp_path / "runs" / "demo-0"
+    assert probe_video(run_dir / "video.mp4").frames == frames
+    truth = json.loads((run_dir / "world.json").read_text())
+    assert truth["world"]["world_id"] == 1000 and len(truth["positions"]) == frames
+    store = MemoryStore(str(tmp_path / "runs" / "memory.lancedb"))
+    run = store.get_run("demo-0")
+    assert run["status"] == "complete" and {"backbone_checkpoint", "embedder"} <= set(run["checkpoint_hashes"])
+    retrievals = store.retrievals("demo-0").to_pydict()
+    assert retrievals["query_frame"] and max(retrievals["query_frame"]) < frames
+    assert store.frames("demo-0").num_rows == frames
+    assert list((tmp_path / "runs" / "tensorboard").rglob("events.out.tfevents.*"))
+    out = capsys.readouterr().out
+    assert "lrag memory sql" in out and "WHERE run_id = 'demo-0'" in out
+    assert "tensorboard --logdir" in out and "lrag eval --config configs/eval/demo.yaml" in out
+    # The suggested query really runs.
+    query = out.split('lrag memory sql --db runs/memory.lancedb "', 1)[1].split('"', 1)[0]
+    main(["memory", "sql", "--db", "runs/memory.lancedb", "--format", "json", query])
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and {r["block_index"] for r in rows} <= set(retrievals["block_index"])
+
+
+def test_demo_config_names_a_missing_shipped_file(tmp_path):
+    missing = "asset:backbone_missing.safetensors"
+    # jsonargparse wraps constructor errors in a ValueError that quotes the message.
+    with pytest.raises((FileNotFoundError, ValueError),
+                       match=r"lrag/assets/backbone_missing\.safetensors.*make assets"):
+        main(["predict", "--config", DEMO, f"--model.init_args.backbone_checkpoint={missing}",
+              f"--model.init_args.out_dir={tmp_path}", "--model.init_args.progress=false"])

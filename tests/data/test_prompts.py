@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lrag.data.prompts import PromptDataModule, read_prompt_file
 
@@ -51,3 +52,30 @@ def test_bad_arguments_are_rejected(tmp_path):
         PromptDataModule(prompts=["x"], batch_size=0)
     with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
         _batches(PromptDataModule(prompts=["x"], seeds=[1, 2]))
+
+
+# -- WorldPromptDataModule -----------------------------------------------------------------------
+def test_world_batches_carry_prompt_seed_and_trajectory():
+    from lrag.data.prompts import WorldPromptDataModule
+    from lrag.data.world import WorldConfig
+    from lrag.data.world_datamodule import render_world
+
+    dm = WorldPromptDataModule([1000, 1001], num_frames=15, batch_size=2)
+    (batch,) = list(dm.predict_dataloader())
+    assert batch["seeds"] == [1000, 1001]  # noise seed defaults to the world seed
+    worlds = batch["worlds"]
+    assert [w.world_seed for w in worlds] == [1000, 1001]
+    clip = render_world(1001, 15, WorldConfig(frame_height=8, frame_width=8, revisit_max=40))
+    assert torch.equal(worlds[1].positions, clip["positions"])
+    assert torch.equal(worlds[1].camera, clip["camera"])
+    assert batch["prompts"][1] == clip["prompt"] and worlds[1].meta["world"]["world_id"] == 1001
+    assert not torch.equal(worlds[0].positions, worlds[1].positions)
+
+
+def test_world_module_rejects_mismatched_lists():
+    from lrag.data.prompts import WorldPromptDataModule
+
+    with pytest.raises(ValueError, match="2 seeds for 1 world_seeds"):
+        WorldPromptDataModule([5], seeds=[1, 2])
+    with pytest.raises(ValueError, match="world_seeds"):
+        WorldPromptDataModule([])

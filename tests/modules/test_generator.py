@@ -144,3 +144,77 @@ def test_resume_refuses_changed_config_and_unknown_runs(tmp_path):
     unknown.set_resume("nope-0")
     with pytest.raises(SystemExit, match="no such run"):
         _predict(unknown)
+
+
+# -- procedural worlds + camera-conditioned backbone --------------------------------------------
+def _world_module(tmp_path, camera: str = "motion", **knobs) -> GeneratorModule:
+    from lrag.modules.backbone_fit import CameraConditioned
+
+    torch.manual_seed(0)
+    args = dict(num_frames=12, frames_per_block=3, window=9, sink=1, height=8, width=8,
+                out_dir=str(tmp_path / "runs"), store_uri=str(tmp_path / "runs" / "db"),
+                run_name="w", progress=False, write_video=False, positions="slot", sink_mode="blank")
+    args.update(knobs)
+    return GeneratorModule(
+        backbone=CameraConditioned(build_tiny("tiny"), camera),
+        memory=RetrievalMemory(memory_size=2, recent_exclude=1),
+        text_encoder=TinyTextEncoder(text_len=8, text_dim=32),
+        codec=LinearRGBCodec(channels=16, upscale=2),
+        schedule=FlowMatchSchedule(denoising_steps=[1000, 500]),
+        **args,
+    )
+
+
+def _world_latents(tmp_path, camera: str, world_seeds: list[int]) -> list[torch.Tensor]:
+    from lrag.data.prompts import WorldPromptDataModule
+
+    module = _world_module(tmp_path / camera, camera)
+    # Same prompt and noise seed for every world: only the camera path differs between videos.
+    dm = WorldPromptDataModule(world_seeds, num_frames=12, seeds=[7] * len(world_seeds),
+                               prompts=["same prompt"] * len(world_seeds))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False)
+    out = trainer.predict(module, datamodule=dm)
+    return [RunOutputs(d, r, {}, 16, False).read_blocks(4)
+            for batch in out for r, d in zip(batch["run_ids"], batch["dirs"])]
+
+
+@pytest.mark.slow
+def test_camera_path_changes_the_video_only_when_conditioned(tmp_path):
+    moved = _world_latents(tmp_path, "motion", [1000, 1001])
+    assert moved[0].shape == (12, 16, 8, 8)
+    assert not torch.allclose(moved[0], moved[1])
+    plain = _world_latents(tmp_path, "none", [1000, 1001])
+    torch.testing.assert_close(plain[0], plain[1], rtol=0, atol=0)
+
+
+def test_world_run_writes_ground_truth_and_video_coordinates(tmp_path):
+    import json
+
+    from lrag.data.prompts import WorldPromptDataModule
+    from lrag.data.shards import iter_clips
+
+    module = _world_module(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False)
+    trainer.predict(module, datamodule=WorldPromptDataModule([1000], num_frames=24))
+    run_dir = tmp_path / "runs" / "w-0"
+    truth = json.loads((run_dir / "world.json").read_text())
+    assert truth["world"]["world_id"] == 1000 and len(truth["positions"]) == 12
+    assert all(j < 12 for r in truth["revisits"] for j in r)
+    clip = next(iter_clips(str(run_dir / "latents-000000.tar")))
+    assert clip.latents.shape[0] == 12 and clip.meta["ground_truth"]["positions"] == truth["positions"]
+    frames = MemoryStore(str(tmp_path / "runs" / "db")).frames("w-0").to_pydict()
+    assert sorted(frames["frame_index"]) == list(range(12))  # the blank prefix is not persisted
+    retrievals = MemoryStore(str(tmp_path / "runs" / "db")).retrievals("w-0").to_pydict()
+    assert all(q % 3 == 0 and 0 <= q < 12 for q in retrievals["query_frame"])
+
+
+def test_conditioned_backbone_without_world_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="WorldPromptDataModule"):
+        _predict(_world_module(tmp_path))
+
+
+def test_bad_sink_mode_is_named(tmp_path):
+    with pytest.raises(ValueError, match="sink_mode"):
+        _module(tmp_path, sink_mode="grey")

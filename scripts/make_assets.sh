@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Retrain the shipped weights of the embedded default and copy them into lrag/assets/:
+#   1. fit the tiny backbone on procedural worlds   (configs/backbone/demo.yaml)
+#   2. export it                                     -> backbone_tiny.safetensors
+#   3. generate videos of TRAINING worlds with it    (configs/predict/demo.yaml, avg_pool retrieval)
+#   4. fit the tiny embedder on those latents        (configs/embedder/world.yaml)
+#   5. export it                                     -> embedder_tiny.safetensors
+#   6. copy both into lrag/assets/
+# Knobs (environment variables), defaults = the recipe of docs/assets.md:
+#   ACCEL=cpu|gpu  BACKBONE_STEPS=2000  BACKBONE_BATCH=8  PREDICT_WORLDS=8  PREDICT_FRAMES=120
+#   EMBEDDER_EPOCHS=10  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
+# Every step is seeded (seed_everything: 0 in the configs), so a rerun on the same hardware and
+# software writes the same files. Usage: scripts/make_assets.sh   or   make assets
+set -euo pipefail
+
+ACCEL=${ACCEL:-cpu}
+BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
+BACKBONE_BATCH=${BACKBONE_BATCH:-8}
+PREDICT_WORLDS=${PREDICT_WORLDS:-8}
+PREDICT_FRAMES=${PREDICT_FRAMES:-120}
+EMBEDDER_EPOCHS=${EMBEDDER_EPOCHS:-10}
+WORK=${WORK:-runs/assets}
+INSTALL=${INSTALL:-1}
+LRAG=${LRAG:-lrag}
+
+cd "$(dirname "$0")/.."
+case "$ACCEL" in cpu|gpu) ;; *) echo "ACCEL=$ACCEL: use cpu or gpu" >&2; exit 2 ;; esac
+if (( PREDICT_FRAMES % 3 )); then
+  echo "PREDICT_FRAMES=$PREDICT_FRAMES must be a multiple of frames_per_block (3)" >&2; exit 2
+fi
+rm -rf "$WORK"
+mkdir -p "$WORK"
+step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
+
+step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH on $ACCEL"
+"$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
+  --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
+  --trainer.default_root_dir "$WORK/backbone" --trainer.enable_progress_bar false
+ckpt=$(ls -t "$WORK"/backbone/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+
+step "2/6 export $ckpt"
+"$LRAG" export "$ckpt" "$WORK/backbone_tiny.safetensors"
+
+seeds=$(seq -s, 0 $((PREDICT_WORLDS - 1)))
+step "3/6 predict $PREDICT_WORLDS training worlds [$seeds] x $PREDICT_FRAMES latent frames"
+"$LRAG" predict --config configs/predict/demo.yaml --trainer.accelerator "$ACCEL" \
+  --model.init_args.backbone_checkpoint "$WORK/backbone_tiny.safetensors" \
+  --model.init_args.embedder_checkpoint null \
+  --model.init_args.memory.init_args.descriptor avg_pool \
+  --model.init_args.num_frames "$PREDICT_FRAMES" --data.init_args.num_frames "$PREDICT_FRAMES" \
+  --data.init_args.world_seeds "[$seeds]" \
+  --model.init_args.out_dir "$WORK/predict" --model.init_args.store_uri "$WORK/predict/memory.lancedb" \
+  --model.init_args.run_name world --model.init_args.progress false \
+  --trainer.logger.init_args.save_dir "$WORK/tb"
+
+step "4/6 embedder fit on $WORK/predict/*/latents-*.tar, $EMBEDDER_EPOCHS epochs"
+"$LRAG" fit --config configs/embedder/world.yaml --trainer.accelerator "$ACCEL" \
+  --trainer.max_epochs "$EMBEDDER_EPOCHS" \
+  --data.init_args.data_dir "$WORK/predict/*/latents-*.tar" \
+  --trainer.logger.init_args.save_dir "$WORK"
+emb=$(ls -t "$WORK"/embedder_world/version_*/checkpoints/last.ckpt | head -n 1)
+
+step "5/6 export $emb"
+"$LRAG" export "$emb" "$WORK/embedder_tiny.safetensors"
+
+if [[ "$INSTALL" == 1 ]]; then
+  step "6/6 install into lrag/assets/"
+  cp "$WORK/backbone_tiny.safetensors" "$WORK/embedder_tiny.safetensors" lrag/assets/
+  sha256sum lrag/assets/*.safetensors
+else
+  step "6/6 skipped (INSTALL=$INSTALL): files are in $WORK/"
+fi
