@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,9 +27,10 @@ from lrag.assets import resolve_asset
 from lrag.data.prompts import WorldSpec
 from lrag.data.run_outputs import RunOutputs, png_preview
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
-from lrag.modules.generator_world import (blank_prefix, load_generator_weights, set_world, shift_result,
-                                          truncate_meta, world_from_meta)
+from lrag.memory.store import FrameRow, MemoryStore, RunInfo
+from lrag.modules.generator_world import (blank_prefix, check_knobs, load_generator_weights, progress_bar,
+                                          retrieval_rows, set_world, shift_result, truncate_meta,
+                                          world_from_meta)
 from lrag.modules.nets.checkpoints import checkpoint_hash
 from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
 from lrag.modules.schedule import FlowMatchSchedule
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["GeneratorModule"]
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 #: Model knobs that change the latents; a resumed run must use the values it started with.
 _LATENT_KNOBS = ("num_frames", "frames_per_block", "window", "sink", "budget", "channels",
                  "height", "width", "backbone", "memory", "schedule", "text_encoder",
@@ -136,7 +135,7 @@ class GeneratorModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "memory", "text_encoder", "codec",
                                           "schedule"])
-        _check_knobs(num_frames, frames_per_block, window, sink, budget, run_name, sink_mode)
+        check_knobs(num_frames, frames_per_block, window, sink, budget, run_name, sink_mode)
         self.backbone, self.memory = backbone, memory
         self.text_encoder, self.codec, self.schedule = text_encoder, codec, schedule
         self.channels = channels if channels is not None else getattr(codec, "channels", None)
@@ -334,7 +333,7 @@ class GeneratorModule(L.LightningModule):
         try:
             context = self.text_encoder([run.prompt]).to(self.device)
             start = self._sampler_start(run)
-            with _progress_bar(hp.progress) as bar:
+            with progress_bar(hp.progress) as bar:
                 run.progress = bar
                 run.task = bar.add_task(run.run_id, total=hp.num_frames // hp.frames_per_block,
                                         completed=run.done_blocks, fps=0.0)
@@ -368,7 +367,7 @@ class GeneratorModule(L.LightningModule):
         frames = self._decode(result.latents)[0]
         run.outputs.write_video_frames(frames)
         rows = self._frame_rows(run, result, location, frames)
-        self._store.add_block(run.run_id, result.block, rows, self._retrieval_rows(run, result))
+        self._store.add_block(run.run_id, result.block, rows, retrieval_rows(run.run_id, result))
         run.frames_done += latents.shape[0]
         run.seconds += result.seconds
         self._log_block(run, result)
@@ -394,17 +393,6 @@ class GeneratorModule(L.LightningModule):
             for j in range(f)
         ]
 
-    @staticmethod
-    def _retrieval_rows(run: _Run, result: BlockResult) -> list[RetrievalRow]:
-        record = result.retrieval
-        if record is None:
-            return []
-        frames, scores = record.frames[0].tolist(), record.scores[0].tolist()
-        return [RetrievalRow(run_id=run.run_id, block_index=result.block,
-                             query_frame=int(record.query_frame), rank=rank,
-                             retrieved_frame=int(frame), score=float(score))
-                for rank, (frame, score) in enumerate(zip(frames, scores))]
-
     def _log_block(self, run: _Run, result: BlockResult) -> None:
         f = result.latents.shape[1]
         metrics = {"block_seconds": result.seconds,
@@ -422,33 +410,5 @@ class GeneratorModule(L.LightningModule):
                             fps=run.frames_done / max(run.seconds, 1e-9))
 
 
-def _check_knobs(num_frames: int, frames_per_block: int, window: int, sink: int, budget: str,
-                 run_name: str | None, sink_mode: str = "first") -> None:
-    if frames_per_block < 1 or num_frames < frames_per_block or num_frames % frames_per_block:
-        raise ValueError(
-            f"GeneratorModule: num_frames={num_frames} must be a positive multiple of "
-            f"frames_per_block={frames_per_block}."
-        )
-    if not 0 <= sink < window:
-        raise ValueError(f"GeneratorModule: need 0 <= sink ({sink}) < window ({window}).")
-    if budget not in ("replace", "add"):
-        raise ValueError(f"GeneratorModule: budget={budget!r}; use 'replace' or 'add'.")
-    if sink_mode not in ("first", "blank"):
-        raise ValueError(f"GeneratorModule: sink_mode={sink_mode!r}; use 'first' or 'blank'.")
-    if run_name is not None and not _RUN_NAME.match(run_name):
-        raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
-                         "and '-' only (it becomes a directory and a shard key).")
-
-
 def _class_path(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _progress_bar(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("blocks  {task.fields[fps]:.2f} frames/s"), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=not enabled)

@@ -1,4 +1,4 @@
-"""World conditioning and trained-weight loading for :class:`GeneratorModule`.
+"""Knob checks, world conditioning and trained-weight loading for :class:`GeneratorModule`.
 
 Sampling a camera-conditioned backbone has to repeat what training did
 (:class:`lrag.modules.backbone_fit.BackboneFitModule`) and what ``lrag eval`` does
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from typing import Any
 
 import torch
@@ -22,15 +23,17 @@ from torch import Tensor, nn
 from lrag.assets import resolve_asset
 from lrag.data.prompts import WorldSpec
 from lrag.memory.bank import RetrievalRecord
+from lrag.memory.store import RetrievalRow
 from lrag.modules.backbone_io import BackboneFitInfo, load_backbone_fit
 from lrag.modules.nets.checkpoints import checkpoint_hash, load_backbone_weights
 from lrag.modules.sampler import BlockResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PER_FRAME_META", "load_generator_weights", "set_world", "shift_result", "truncate_meta",
+__all__ = ["PER_FRAME_META", "check_knobs", "load_generator_weights", "progress_bar", "retrieval_rows", "set_world", "shift_result", "truncate_meta",
            "world_from_meta"]
 
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 #: Ground-truth fields of a world clip's meta that hold one entry per latent frame.
 PER_FRAME_META = ("positions", "camera", "visible_landmarks", "objects", "revisits")
 #: GeneratorModule knobs that should equal the backbone's training values.
@@ -138,6 +141,47 @@ def shift_result(result: BlockResult, prefix: int, frames_per_block: int) -> Blo
                                start_frame=result.start_frame - prefix, retrieval=record)
 
 
+def retrieval_rows(run_id: str, result: BlockResult) -> list[RetrievalRow]:
+    """Store rows of a block's retrieval (one per rank; none for a block without retrieval)."""
+    record = result.retrieval
+    if record is None:
+        return []
+    frames, scores = record.frames[0].tolist(), record.scores[0].tolist()
+    return [RetrievalRow(run_id=run_id, block_index=result.block, query_frame=int(record.query_frame),
+                         rank=rank, retrieved_frame=int(frame), score=float(score))
+            for rank, (frame, score) in enumerate(zip(frames, scores))]
+
+
 def blank_prefix(prefix: int, channels: int, height: int, width: int, device: torch.device) -> Tensor:
     """Zero latents ``[1, prefix, C, H, W]`` of the blank sink block."""
     return torch.zeros(1, prefix, channels, height, width, device=device)
+
+
+def check_knobs(num_frames: int, frames_per_block: int, window: int, sink: int, budget: str,
+                 run_name: str | None, sink_mode: str = "first") -> None:
+    """Raise ``ValueError`` naming the first invalid ``GeneratorModule`` knob."""
+    if frames_per_block < 1 or num_frames < frames_per_block or num_frames % frames_per_block:
+        raise ValueError(
+            f"GeneratorModule: num_frames={num_frames} must be a positive multiple of "
+            f"frames_per_block={frames_per_block}."
+        )
+    if not 0 <= sink < window:
+        raise ValueError(f"GeneratorModule: need 0 <= sink ({sink}) < window ({window}).")
+    if budget not in ("replace", "add"):
+        raise ValueError(f"GeneratorModule: budget={budget!r}; use 'replace' or 'add'.")
+    if sink_mode not in ("first", "blank"):
+        raise ValueError(f"GeneratorModule: sink_mode={sink_mode!r}; use 'first' or 'blank'.")
+    if run_name is not None and not _RUN_NAME.match(run_name):
+        raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
+                         "and '-' only (it becomes a directory and a shard key).")
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr (blocks done, frames/s); a no-op when disabled."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("blocks  {task.fields[fps]:.2f} frames/s"), TimeElapsedColumn(),
+                    console=Console(stderr=True), disable=not enabled)

@@ -218,3 +218,30 @@ def test_conditioned_backbone_without_world_is_refused(tmp_path):
 def test_bad_sink_mode_is_named(tmp_path):
     with pytest.raises(ValueError, match="sink_mode"):
         _module(tmp_path, sink_mode="grey")
+
+
+@pytest.mark.slow
+def test_world_run_resumes_bit_identically_with_blank_prefix(tmp_path):
+    from lrag.data.prompts import WorldPromptDataModule
+
+    def predict(module):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False)
+        return trainer.predict(module, datamodule=WorldPromptDataModule([1000], num_frames=12))
+
+    module = _world_module(tmp_path)
+    module.codec = _FailingCodec(fail_at_call=3)  # block 2's decode
+    with pytest.raises(RuntimeError, match="codec exploded"):
+        predict(module)
+    store = MemoryStore(str(tmp_path / "runs" / "db"))
+    assert store.completed_blocks("w-0") == 2
+    resumed = _world_module(tmp_path)
+    resumed.set_resume("w-0")  # the camera path comes back from world.json, not the datamodule
+    resumed.backbone.set_camera(None)
+    predict(resumed)
+    assert store.get_run("w-0")["status"] == "complete"
+
+    predict(_world_module(tmp_path / "ref"))
+    ref = RunOutputs(tmp_path / "ref" / "runs" / "w-0", "w-0", {}, 16, False).read_blocks(4)
+    got = RunOutputs(tmp_path / "runs" / "w-0", "w-0", {}, 16, False).read_blocks(4)
+    assert torch.equal(got, ref)
