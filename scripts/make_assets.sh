@@ -9,6 +9,7 @@
 # Knobs (environment variables), defaults = the recipe of docs/assets.md:
 #   ACCEL=cpu|gpu  BACKBONE_STEPS=2000  BACKBONE_BATCH=8  PREDICT_WORLDS=8  PREDICT_FRAMES=120
 #   EMBEDDER_EPOCHS=10  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
+#   CAMERA=motion|position|none (must equal `camera:` in configs/predict/demo.yaml)
 # Every step is seeded (seed_everything: 0 in the configs), so a rerun on the same hardware and
 # software writes the same files. Usage: scripts/make_assets.sh   or   make assets
 set -euo pipefail
@@ -21,6 +22,7 @@ PREDICT_FRAMES=${PREDICT_FRAMES:-120}
 EMBEDDER_EPOCHS=${EMBEDDER_EPOCHS:-10}
 WORK=${WORK:-runs/assets}
 INSTALL=${INSTALL:-1}
+CAMERA=${CAMERA:-motion}
 LRAG=${LRAG:-lrag}
 
 cd "$(dirname "$0")/.."
@@ -32,9 +34,10 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
 
-step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH on $ACCEL"
+step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH, camera $CAMERA on $ACCEL"
 "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
   --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
+  --model.init_args.camera "$CAMERA" \
   --trainer.default_root_dir "$WORK/backbone" --trainer.enable_progress_bar false
 ckpt=$(ls -t "$WORK"/backbone/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
 
@@ -45,7 +48,7 @@ seeds=$(seq -s, 0 $((PREDICT_WORLDS - 1)))
 step "3/6 predict $PREDICT_WORLDS training worlds [$seeds] x $PREDICT_FRAMES latent frames"
 "$LRAG" predict --config configs/predict/demo.yaml --trainer.accelerator "$ACCEL" \
   --model.init_args.backbone_checkpoint "$WORK/backbone_tiny.safetensors" \
-  --model.init_args.embedder_checkpoint null \
+  --model.init_args.embedder_checkpoint null --model.init_args.backbone.init_args.camera "$CAMERA" \
   --model.init_args.memory.init_args.descriptor avg_pool \
   --model.init_args.num_frames "$PREDICT_FRAMES" --data.init_args.num_frames "$PREDICT_FRAMES" \
   --data.init_args.world_seeds "[$seeds]" \
