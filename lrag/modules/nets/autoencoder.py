@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lrag.modules.nets.checkpoints import CheckpointError, load_into, read_checkpoint
+
+_EMBEDDER_HINT = "Check that the file is a frame-embedder checkpoint written for this AEConfig."
+
 log = logging.getLogger(__name__)
 
 #: safetensors metadata key holding the model kind, and the kind of an exported embedder.
@@ -33,10 +36,6 @@ KIND_KEY = "lrag_kind"
 EMBEDDER_KIND = "embedder"
 #: Lightning checkpoint key where ``EmbedderModule`` records the net's ``AEConfig``.
 CKPT_CONFIG_KEY = "embedder_config"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read safely or does not fit the model."""
 
 
 @dataclass
@@ -220,50 +219,6 @@ class LatentAE(nn.Module):
 # --------------------------------------------------------------------------- loading
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with errors that say what to do.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: The file needs full unpickling (arbitrary code) or is not a dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refusing to unpickle arbitrary objects (torch.load weights_only=True "
-            f"failed: {str(err).splitlines()[0]}). If you trust the file, convert it once with "
-            "tensors and plain types only, e.g. in Python: ckpt = torch.load(p, weights_only=False); "
-            "torch.save({'model': ckpt['model'] (a state_dict), 'config': dict(ckpt['config'])}, "
-            "'converted.pt')"
-        ) from err
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
-
-
-def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
-            if keys:
-                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
-        raise CheckpointError(
-            f"{source}: weights do not fit {type(model).__name__} built from its config; "
-            + "; ".join(parts) + ". Check that the file is an embedder checkpoint of this config."
-        )
-    model.load_state_dict(state, strict=True)
-
-
 def embedder_from_checkpoint(ckpt: dict[str, Any], source: str) -> LatentAE:
     """Build a ``LatentAE`` from an already-read checkpoint dict.
 
@@ -284,7 +239,7 @@ def embedder_from_checkpoint(ckpt: dict[str, Any], source: str) -> LatentAE:
             f"EmbedderModule (with '{CKPT_CONFIG_KEY}')"
         )
     model = LatentAE(cfg)
-    load_state_dict_strict(model, state, source)
+    load_into(model, state, source, hint=_EMBEDDER_HINT)
     return model.eval()
 
 
@@ -310,7 +265,7 @@ def _load_safetensors(path: Path) -> LatentAE:
         )
     cfg = AEConfig.from_dict(json.loads(meta["config"]), f"{path} metadata['config']")
     model = LatentAE(cfg)
-    load_state_dict_strict(model, state, str(path))
+    load_into(model, state, str(path), hint=_EMBEDDER_HINT)
     return model.eval()
 
 

@@ -161,8 +161,16 @@ def _listing(kind: str, keys: Sequence[str]) -> str:
     return f"{len(keys)} {kind}: {shown}{more}"
 
 
+#: What to check when a backbone checkpoint does not fit (the default hint of the errors).
+BACKBONE_HINT = (
+    "Check that the preset matches the checkpoint (e.g. wan_1_3b for Wan2.1-T2V-1.3B generators) "
+    "and that a LoRA file is passed as --lora, not as the base checkpoint."
+)
+
+
 def check_state_dict(
-    expected: Mapping[str, Sequence[int]], state_dict: Mapping[str, Tensor], source: str
+    expected: Mapping[str, Sequence[int]], state_dict: Mapping[str, Tensor], source: str,
+    hint: str = BACKBONE_HINT,
 ) -> None:
     """Raise :class:`CheckpointError` unless keys and shapes match exactly.
 
@@ -170,6 +178,7 @@ def check_state_dict(
         expected: Key -> shape the model needs (e.g. from ``model.state_dict()`` or a key map).
         state_dict: What the checkpoint provides.
         source: File name (or description) used in the error message.
+        hint: What the user should check, appended to the error.
     """
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -185,14 +194,13 @@ def check_state_dict(
     ]
     if problems:
         raise CheckpointError(
-            f"{source} does not fit the model: " + "; ".join(problems) + ". Check that the "
-            "preset matches the checkpoint (e.g. wan_1_3b for Wan2.1-T2V-1.3B generators) and "
-            "that a LoRA file is passed as --lora, not as the base checkpoint."
+            f"{source} does not fit the model: " + "; ".join(problems) + ". " + hint
         )
 
 
 def load_into(
-    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state dict>", assign: bool = False
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state dict>", assign: bool = False,
+    hint: str = BACKBONE_HINT,
 ) -> nn.Module:
     """Load ``state_dict`` strictly into ``model`` (keys and shapes checked first).
 
@@ -201,12 +209,13 @@ def load_into(
         state_dict: Clean state dict (see :func:`load_generator_state_dict`).
         source: Name used in error messages.
         assign: Replace the model's tensors instead of copying (use with meta-device models).
+        hint: What the user should check when the weights do not fit.
 
     Returns:
         ``model``.
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, state_dict, source)
+    check_state_dict(expected, state_dict, source, hint)
     model.load_state_dict(state_dict, strict=True, assign=assign)
     return model
 
