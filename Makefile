@@ -39,8 +39,14 @@ sample-data: $(STAMP)
 	rm -rf data/sample
 	$(BIN)/lrag data synth data/sample --clips 6 --frames 24 --height 8 --width 8 --shard-size 3 --seed 0
 
+## Retrain the shipped tiny weights (lrag/assets) from the configs; knobs in scripts/make_assets.sh,
+## e.g. `make assets ACCEL=gpu BACKBONE_STEPS=20000 BACKBONE_BATCH=256`.
+assets: $(STAMP)
+	LRAG=$(BIN)/lrag scripts/make_assets.sh
+
+## CPU benchmarks (ratios measured side by side); GPU ones: benchmarks/gpu_session.sh on a GPU.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/embedder_fit.py
+	$(BIN)/python benchmarks/embedder_fit.py --config configs/embedder/demo.yaml
 	$(BIN)/python benchmarks/predict_cpu.py
 
 clean:
