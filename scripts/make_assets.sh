@@ -10,6 +10,9 @@
 #   ACCEL=cpu|gpu  BACKBONE_STEPS=2000  BACKBONE_BATCH=8  PREDICT_WORLDS=8  PREDICT_FRAMES=120
 #   EMBEDDER_EPOCHS=10  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
 #   CAMERA=motion|position|none (must equal `camera:` in configs/predict/demo.yaml)
+#   BACKBONE_CKPT=<BackboneFitModule .ckpt>: skip step 1 and export this (e.g. a GPU-trained) one;
+#     FIT_CONFIG (configs/backbone/demo.yaml) names its architecture if the .ckpt records none
+#   EMBEDDER_ARGS="...": extra `lrag fit` flags for the embedder (e.g. the delta_weight 0 ablation)
 # Every step is seeded (seed_everything: 0 in the configs), so a rerun on the same hardware and
 # software writes the same files. Usage: scripts/make_assets.sh   or   make assets
 set -euo pipefail
@@ -22,7 +25,10 @@ PREDICT_FRAMES=${PREDICT_FRAMES:-120}
 EMBEDDER_EPOCHS=${EMBEDDER_EPOCHS:-10}
 WORK=${WORK:-runs/assets}
 INSTALL=${INSTALL:-1}
-CAMERA=${CAMERA:-motion}
+CAMERA=${CAMERA:-position}
+BACKBONE_CKPT=${BACKBONE_CKPT:-}
+FIT_CONFIG=${FIT_CONFIG:-configs/backbone/demo.yaml}
+EMBEDDER_ARGS=${EMBEDDER_ARGS:-}
 LRAG=${LRAG:-lrag}
 
 cd "$(dirname "$0")/.."
@@ -34,15 +40,20 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
 
-step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH, camera $CAMERA on $ACCEL"
-"$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
-  --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
-  --model.init_args.camera "$CAMERA" \
-  --trainer.default_root_dir "$WORK/backbone" --trainer.enable_progress_bar false
-ckpt=$(ls -t "$WORK"/backbone/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+if [[ -n "$BACKBONE_CKPT" ]]; then
+  step "1/6 backbone fit skipped: using $BACKBONE_CKPT"
+  ckpt=$BACKBONE_CKPT
+else
+  step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH, camera $CAMERA on $ACCEL"
+  "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
+    --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
+    --model.init_args.camera "$CAMERA" \
+    --trainer.default_root_dir "$WORK/backbone" --trainer.enable_progress_bar false
+  ckpt=$(ls -t "$WORK"/backbone/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+fi
 
 step "2/6 export $ckpt"
-"$LRAG" export "$ckpt" "$WORK/backbone_tiny.safetensors"
+"$LRAG" export "$ckpt" "$WORK/backbone_tiny.safetensors" --fit_config "$FIT_CONFIG"
 
 seeds=$(seq -s, 0 $((PREDICT_WORLDS - 1)))
 step "3/6 predict $PREDICT_WORLDS training worlds [$seeds] x $PREDICT_FRAMES latent frames"
@@ -60,7 +71,7 @@ step "4/6 embedder fit on $WORK/predict/*/latents-*.tar, $EMBEDDER_EPOCHS epochs
 "$LRAG" fit --config configs/embedder/world.yaml --trainer.accelerator "$ACCEL" \
   --trainer.max_epochs "$EMBEDDER_EPOCHS" \
   --data.init_args.data_dir "$WORK/predict/*/latents-*.tar" \
-  --trainer.logger.init_args.save_dir "$WORK"
+  --trainer.logger.init_args.save_dir "$WORK" $EMBEDDER_ARGS
 emb=$(ls -t "$WORK"/embedder_world/version_*/checkpoints/last.ckpt | head -n 1)
 
 step "5/6 export $emb"

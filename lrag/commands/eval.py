@@ -22,13 +22,17 @@ _HELP = {
     "seeds": "World seeds to evaluate (must not be training worlds).",
     "num_frames": "Latent frames generated per world (a multiple of frames_per_block).",
     "backbone_preset": "Tiny backbone preset (lrag.modules.nets.tiny).",
-    "backbone_checkpoint": "BackboneFitModule .ckpt from `lrag fit`; null = random initialisation.",
-    "camera": "Camera conditioning of the checkpoint: none | motion.",
+    "backbone_checkpoint": "Backbone-fit weights: `lrag export` .safetensors, asset:<file> (shipped) or a "
+                           "BackboneFitModule .ckpt; null = random initialisation of backbone_preset.",
+    "backbone_fit_config": "`lrag fit` YAML of a .ckpt that records no backbone_config (older checkpoints).",
+    "camera": "Camera conditioning of the checkpoint: none | motion | position (must match training).",
     "text_len": "Prompt tokens of the TinyTextEncoder (as in training).",
     "budgets": "Attention budget modes to compare: replace and/or add.",
     "descriptors": "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>.",
     "sink_mode": "blank (a zero block is the sink, as in training) | first.",
     "train_seeds": "Extra seeds known to be training worlds (checked against seeds).",
+    "sink_swap": "Sink-swap check: a world seed (not evaluated) whose first frame replaces the blank sink "
+                 "frame in every variant; null = blank sink as in training.",
     "out_dir": "Folder for report.md, report.json, plots and tb/.",
     "device": "Torch device, e.g. cpu or cuda.",
 }

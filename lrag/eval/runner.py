@@ -34,7 +34,9 @@ from lrag.eval.functional import revisit_errors
 from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
 from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
 from lrag.memory.bank import RetrievalMemory
+from lrag.assets import ASSET_PREFIX, resolve_asset
 from lrag.modules.backbone_fit import CameraConditioned, GroundTruthMemory
+from lrag.modules.backbone_io import INFERENCE_KNOBS, build_conditioned, load_backbone_fit, read_backbone_fit
 from lrag.modules.conditioning import TinyTextEncoder
 from lrag.modules.nets.tiny import build_tiny
 from lrag.modules.sampler import ARSampler, SeededNoise
@@ -53,6 +55,7 @@ class EvalSettings:
     num_frames: int = 48
     backbone_preset: str = "tiny"
     backbone_checkpoint: str | None = None
+    backbone_fit_config: str | None = None
     camera: str = "motion"
     text_len: int = 8
     frames_per_block: int = 3
@@ -73,6 +76,7 @@ class EvalSettings:
     revisit_min: int = 16
     revisit_max: int = 40
     train_seeds: list[int] = field(default_factory=list)
+    sink_swap: int | None = None
     out_dir: str = "runs/eval"
     device: str = "cpu"
 
@@ -91,39 +95,46 @@ def variants(s: EvalSettings) -> list[Variant]:
     out = [Variant(BASELINE, None, s.budgets[0])]
     for budget in s.budgets:
         for desc in s.descriptors:
-            label = Path(desc[3:]).stem if desc.startswith("ae:") else desc
+            label = Path(desc[3:].removeprefix(ASSET_PREFIX)).stem if desc.startswith("ae:") else desc
             suffix = f"-{budget}" if len(s.budgets) > 1 else ""
             out.append(Variant(f"rag-{label}{suffix}", desc, budget))
     return out
 
 
 def load_conditioned_backbone(s: EvalSettings) -> CameraConditioned:
-    """The tiny backbone + camera adapter, from a ``BackboneFitModule`` checkpoint if given.
+    """The camera-conditioned backbone, from a backbone-fit file if ``backbone_checkpoint`` is set.
 
-    Without a checkpoint the weights are the seeded random initialisation (tests, smoke runs).
+    The file (``lrag export`` safetensors, a ``BackboneFitModule`` ``.ckpt`` or an ``asset:``
+    name) is read by :func:`lrag.modules.backbone_io.load_backbone_fit`, so it brings its own
+    architecture and is checked for camera mode, keys and shapes. Without a checkpoint the
+    weights are the seeded random initialisation of ``backbone_preset`` (tests, smoke runs).
     """
     torch.manual_seed(0)
-    net = CameraConditioned(build_tiny(s.backbone_preset), s.camera)
     if s.backbone_checkpoint is None:
         log.warning("no backbone_checkpoint: evaluating a randomly initialised backbone")
-        return net.eval()
-    path = Path(s.backbone_checkpoint)
+        return CameraConditioned(build_tiny(s.backbone_preset), s.camera).eval()
+    path = Path(resolve_asset(s.backbone_checkpoint, "backbone_checkpoint"))
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone_checkpoint: {path} does not exist; train one with "
-            "`lrag fit --config configs/backbone/demo.yaml` and point to its .ckpt."
+            "`lrag fit --config configs/backbone/demo.yaml` and point to its .ckpt or exported .safetensors."
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k[len("net."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
-    if not state:
-        raise ValueError(f"{path}: no 'net.*' weights in 'state_dict'; is it a BackboneFitModule checkpoint?")
-    trained = ckpt.get("hyper_parameters", {}).get("camera", s.camera)
-    if trained != s.camera:
-        raise ValueError(f"{path} was trained with camera={trained!r} but eval has camera={s.camera!r}; "
-                         f"pass --camera {trained}.")
-    net.load_state_dict(state, strict=True)
-    _check_heldout(s, ckpt.get("datamodule_hyper_parameters", {}), path)
+    _, info = read_backbone_fit(path, fit_config=s.backbone_fit_config)
+    if info.camera != s.camera:
+        raise ValueError(f"{path} was trained with camera={info.camera!r} but eval has camera={s.camera!r}; "
+                         f"pass --camera {info.camera}.")
+    net = build_conditioned(info)
+    load_backbone_fit(net, path, fit_config=s.backbone_fit_config)
+    _check_heldout(s, info.data, path)
+    _warn_knobs(s, info.knobs, path)
     return net.eval()
+
+
+def _warn_knobs(s: EvalSettings, knobs: dict[str, Any], path: Path) -> None:
+    # Evaluating with other sampling knobs than training is allowed (ablations), but never silent.
+    for name in INFERENCE_KNOBS:
+        if name in knobs and hasattr(s, name) and name != "budget" and knobs[name] != getattr(s, name):
+            log.warning("%s: %s=%r in eval but %r in training", path, name, getattr(s, name), knobs[name])
 
 
 def _check_heldout(s: EvalSettings, data_hp: dict[str, Any], path: Path) -> None:
@@ -148,7 +159,8 @@ def _memory(s: EvalSettings, v: Variant, positions: Tensor) -> RetrievalMemory:
         mem.set_positions(positions)
         return mem
     if v.descriptor.startswith("ae:"):
-        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", v.descriptor[3:], kv_tier="device")
+        path = resolve_asset(v.descriptor[3:], f"descriptors: {v.descriptor}")
+        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", path, kv_tier="device")
     return RetrievalMemory(s.memory_size, s.recent_exclude, v.descriptor, kv_tier="device")
 
 
@@ -170,7 +182,7 @@ def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v:
     text = TinyTextEncoder(s.text_len, net.backbone.config.text_dim)
     context = text([world["prompt"]]).to(dev)
     noise = SeededNoise(seed, 1, s.channels, s.height, s.width, s.frames_per_block, device=dev)
-    resume = torch.zeros(1, p, s.channels, s.height, s.width, device=dev) if p else None
+    resume = _prefix_latents(s).to(dev) if p else None
     retrievals: list[dict] = []
 
     def on_block(res) -> None:
@@ -183,6 +195,32 @@ def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v:
     out = sampler(noise, context, p + s.num_frames, on_block=on_block, resume_latents=resume)
     fps = s.num_frames / (time.perf_counter() - tic)
     return out[:, p:].cpu(), retrievals, fps
+
+
+def _prefix_latents(s: EvalSettings) -> Tensor:
+    """The blank block before the video; with ``sink_swap`` its sink frames come from another world.
+
+    The sink-swap check puts an unrelated frame (the first frames of world ``sink_swap``) where
+    the model expects an empty sink: retrieved frames share the sink's temporal position, so a
+    gain that depends on an empty sink disappears here.
+    """
+    prefix = torch.zeros(1, _prefix(s), s.channels, s.height, s.width)
+    if s.sink_swap is not None:
+        wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
+                           revisit_min=s.revisit_min, revisit_max=s.revisit_max)
+        prefix[0, : s.sink] = render_world(s.sink_swap, s.sink, wcfg)["latents"][: s.sink]
+    return prefix
+
+
+def _check_sink_swap(s: EvalSettings) -> None:
+    if s.sink_swap is None:
+        return
+    if s.sink_mode != "blank":
+        raise ValueError(f"sink_swap={s.sink_swap} needs sink_mode: blank (got {s.sink_mode!r}); with "
+                         "'first' the sink is the world's own first frame.")
+    if s.sink_swap in s.seeds:
+        raise ValueError(f"sink_swap={s.sink_swap} is also an evaluated world (seeds {s.seeds}); "
+                         "pick an unrelated world seed, e.g. 5000.")
 
 
 def _series_by_block(video: Tensor, pairs: Tensor, block: int) -> list[float]:
@@ -239,6 +277,7 @@ def _retrieval_scores(s: EvalSettings, meta: dict, retrievals: list[dict]) -> di
 
 def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[RunResult], ReportPaths]:
     """Generate and score every (world, variant); write the report under ``s.out_dir``."""
+    _check_sink_swap(s)
     net = load_conditioned_backbone(s).to(s.device)
     wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
                        revisit_min=s.revisit_min, revisit_max=s.revisit_max)

@@ -19,6 +19,7 @@ A/B evaluation. See ``docs/training.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Literal
@@ -292,6 +293,12 @@ class BackboneFitModule(L.LightningModule):
     def backbone(self) -> nn.Module:
         """The wrapped causal DiT."""
         return self.net.backbone
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the backbone's ``WanConfig`` (``backbone_config``) so export needs no guess."""
+        config = getattr(self.backbone, "config", None)
+        if dataclasses.is_dataclass(config):
+            checkpoint["backbone_config"] = dataclasses.asdict(config)
 
     def policy(self, exposed: bool) -> AttentionPolicy:
         """The attention policy of an exposed (RAG layout) or native batch."""

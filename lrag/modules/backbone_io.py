@@ -33,12 +33,13 @@ from lrag.modules.nets.wan import PRESETS, CausalWanModel, WanConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BACKBONE_FIT_KIND", "BackboneFitInfo", "build_conditioned", "export_backbone_fit",
+__all__ = ["BACKBONE_FIT_KIND", "BackboneFitInfo", "build_conditioned", "config_from_fit_yaml", "export_backbone_fit",
            "is_backbone_fit_checkpoint", "load_backbone_fit", "read_backbone_fit"]
 
 BACKBONE_FIT_KIND = "backbone_fit"
 _KIND_KEY = "lrag_kind"
-#: Optional checkpoint entry with ``dataclasses.asdict(WanConfig)`` (else ``--preset``).
+#: Checkpoint entry with ``dataclasses.asdict(WanConfig)`` (``BackboneFitModule.on_save_checkpoint``);
+#: older checkpoints need ``--fit_config`` (or ``--preset``) on export.
 CONFIG_KEY = "backbone_config"
 #: Training hyper-parameters that sampling has to repeat (or knowingly change).
 INFERENCE_KNOBS = ("camera", "frames_per_block", "window", "sink", "memory_size", "recent_exclude",
@@ -84,19 +85,61 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
-def _from_lightning(ckpt: dict[str, Any], source: str, preset: str) -> tuple[dict[str, Tensor], BackboneFitInfo]:
+def config_from_fit_yaml(path: str | Path) -> WanConfig:
+    """The ``WanConfig`` a ``lrag fit`` YAML built (``model.init_args.backbone.init_args.config``).
+
+    Works with the training config (``configs/backbone/demo.yaml``) and with the ``config.yaml``
+    LightningCLI saves next to the checkpoints; fields the YAML leaves out take ``WanConfig``'s
+    defaults, exactly as LightningCLI instantiated them.
+
+    Raises:
+        CheckpointError: The YAML has no backbone config at that place.
+    """
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        cfg = doc["model"]["init_args"]["backbone"]["init_args"]["config"]
+    except (KeyError, TypeError):
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"--fit_config {path}: no model.init_args.backbone.init_args.config mapping; "
+                              "pass the YAML that `lrag fit` trained the checkpoint with.")
+    return WanConfig(**_config_fields(cfg))
+
+
+def _resolve_config(ckpt: dict[str, Any], source: str, preset: str | None,
+                    fit_config: str | Path | None, model_config: WanConfig | None = None) -> tuple[WanConfig, str]:
+    """Architecture of a Lightning checkpoint and where it came from (recorded on export)."""
+    if CONFIG_KEY in ckpt:
+        return WanConfig.from_dict(dict(ckpt[CONFIG_KEY])), "checkpoint"
+    if model_config is not None:  # loading into a configured model: its config is the claim to check
+        return model_config, "model"
+    if fit_config is not None:
+        return config_from_fit_yaml(fit_config), f"fit_config:{Path(fit_config).name}"
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CheckpointError(f"{source}: unknown --preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        log.warning("%s records no %r; assuming preset %r (shapes are checked, head count and "
+                    "text_len cannot be)", source, CONFIG_KEY, preset)
+        return PRESETS[preset](), f"preset:{preset}"
+    raise CheckpointError(
+        f"{source}: the checkpoint records no {CONFIG_KEY!r} (written by BackboneFitModule since "
+        "this version); pass --fit_config <the lrag fit YAML it was trained with> "
+        "(e.g. configs/backbone/demo.yaml) or --preset <name>."
+    )
+
+
+def _from_lightning(ckpt: dict[str, Any], source: str, preset: str | None = None,
+                    fit_config: str | Path | None = None,
+                    model_config: WanConfig | None = None) -> tuple[dict[str, Tensor], BackboneFitInfo]:
     if not is_backbone_fit_checkpoint(ckpt):
         raise CheckpointError(f"{source}: not a BackboneFitModule checkpoint (needs 'state_dict' with "
                               "'net.backbone.*' weights and 'hyper_parameters' with 'camera').")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    if CONFIG_KEY in ckpt:
-        config = WanConfig.from_dict(dict(ckpt[CONFIG_KEY]))
-    elif preset in PRESETS:
-        config = PRESETS[preset]()
-    else:
-        raise CheckpointError(f"{source}: no {CONFIG_KEY!r} in the checkpoint and unknown --preset "
-                              f"{preset!r}; choose one of {sorted(PRESETS)}.")
+    config, config_source = _resolve_config(ckpt, source, preset, fit_config, model_config)
     hp = {k: _jsonable(v) for k, v in ckpt["hyper_parameters"].items()}
+    hp["config_source"] = config_source
     data = {k: _jsonable(v) for k, v in (ckpt.get("datamodule_hyper_parameters") or {}).items()}
     return state, BackboneFitInfo(config, str(hp["camera"]), hp, data)
 
@@ -122,13 +165,17 @@ def _config_fields(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
-def read_backbone_fit(path: str | Path, preset: str = "tiny") -> tuple[dict[str, Tensor], BackboneFitInfo]:
+def read_backbone_fit(path: str | Path, preset: str | None = None, fit_config: str | Path | None = None,
+                      model_config: WanConfig | None = None) -> tuple[dict[str, Tensor], BackboneFitInfo]:
     """State dict (``CameraConditioned`` key names) and info of an exported file or ``.ckpt``.
 
     Args:
         path: ``.safetensors`` from ``lrag export`` or a ``BackboneFitModule`` Lightning ``.ckpt``
             (read with ``weights_only=True``).
-        preset: Architecture of a ``.ckpt`` that does not record its ``WanConfig``.
+        preset: Architecture of a ``.ckpt`` that records no ``WanConfig`` (last resort).
+        fit_config: ``lrag fit`` YAML of a ``.ckpt`` that records no ``WanConfig``.
+        model_config: Config of the model the weights go into; used (shape-checked) for a
+            ``.ckpt`` that records none, before ``fit_config`` and ``preset``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -139,7 +186,7 @@ def read_backbone_fit(path: str | Path, preset: str = "tiny") -> tuple[dict[str,
         raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         return _from_safetensors(path)
-    return _from_lightning(read_checkpoint(path), str(path), preset)
+    return _from_lightning(read_checkpoint(path), str(path), preset, fit_config, model_config)
 
 
 def build_conditioned(info: BackboneFitInfo) -> nn.Module:
@@ -149,14 +196,18 @@ def build_conditioned(info: BackboneFitInfo) -> nn.Module:
     return CameraConditioned(CausalWanModel(info.config), info.camera)
 
 
-def load_backbone_fit(net: nn.Module, path: str | Path, preset: str = "tiny") -> BackboneFitInfo:
+def load_backbone_fit(net: nn.Module, path: str | Path, preset: str | None = None,
+                      fit_config: str | Path | None = None) -> BackboneFitInfo:
     """Load a backbone-fit file strictly into ``net`` (a ``CameraConditioned`` backbone).
+
+    ``preset`` / ``fit_config``: as in :func:`read_backbone_fit`.
 
     Raises:
         CheckpointError: Camera mode, architecture, keys or shapes differ; the message names them.
     """
-    state, info = read_backbone_fit(path, preset)
     camera = getattr(net, "camera", None)
+    own = getattr(getattr(net, "backbone", None), "config", None)
+    state, info = read_backbone_fit(path, preset, fit_config, own)
     if camera is None:
         raise CheckpointError(
             f"{path} holds a camera-conditioned backbone (camera={info.camera!r}); wrap the "
@@ -166,7 +217,6 @@ def load_backbone_fit(net: nn.Module, path: str | Path, preset: str = "tiny") ->
     if camera != info.camera:
         raise CheckpointError(f"{path} was trained with camera={info.camera!r} but the backbone has "
                               f"camera={camera!r}; set init_args.camera: {info.camera}.")
-    own = getattr(net.backbone, "config", None)
     if own is not None and own != info.config:
         diff = {f.name: (getattr(own, f.name), getattr(info.config, f.name))
                 for f in dataclasses.fields(WanConfig) if getattr(own, f.name) != getattr(info.config, f.name)}
@@ -176,11 +226,16 @@ def load_backbone_fit(net: nn.Module, path: str | Path, preset: str = "tiny") ->
     return info
 
 
-def export_backbone_fit(ckpt: dict[str, Any], source: Path, out: Path, preset: str = "tiny") -> str:
-    """Write a ``BackboneFitModule`` checkpoint as safetensors + metadata (module docstring)."""
+def export_backbone_fit(ckpt: dict[str, Any], source: Path, out: Path, preset: str | None = None,
+                        fit_config: str | Path | None = None) -> str:
+    """Write a ``BackboneFitModule`` checkpoint as safetensors + metadata (module docstring).
+
+    The architecture comes from the checkpoint's ``backbone_config``, else ``fit_config`` (the
+    ``lrag fit`` YAML), else ``preset``; the weights' shapes are checked against it either way.
+    """
     from safetensors.torch import save_file
 
-    state, info = _from_lightning(ckpt, str(source), preset)
+    state, info = _from_lightning(ckpt, str(source), preset, fit_config)
     net = build_conditioned(info)
     check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state, str(source))
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
@@ -192,17 +247,22 @@ def export_backbone_fit(ckpt: dict[str, Any], source: Path, out: Path, preset: s
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(out)
     params = sum(v.numel() for v in tensors.values())
-    return f"backbone_fit: {len(tensors)} tensors, {params / 1e6:.2f} M parameters, camera={info.camera}"
+    return (f"backbone_fit: {len(tensors)} tensors, {params / 1e6:.2f} M parameters, camera={info.camera}, "
+            f"config from {info.knobs['config_source']}")
 
 
 def _add_arguments(parser: ArgumentParser) -> None:
-    parser.add_argument("--preset", type=str, default="tiny",
-                        help="backbone_fit: WanConfig preset of a checkpoint that does not record "
-                        f"its config; one of {', '.join(PRESETS)}.")
+    parser.add_argument("--fit_config", type=str, default=None,
+                        help="backbone_fit: the `lrag fit` YAML (or Lightning's config.yaml) of a checkpoint "
+                        "that records no backbone_config; its model.init_args.backbone config is exported.")
+    parser.add_argument("--preset", type=str, default=None,
+                        help="backbone_fit: last resort for a checkpoint without backbone_config and "
+                        f"--fit_config: a WanConfig preset, one of {', '.join(PRESETS)}.")
 
 
 def _export(ckpt: dict[str, Any], source: Path, out: Path, options: Namespace) -> str:
-    return export_backbone_fit(ckpt, source, out, getattr(options, "preset", None) or "tiny")
+    return export_backbone_fit(ckpt, source, out, getattr(options, "preset", None),
+                               getattr(options, "fit_config", None))
 
 
 register_exporter(Exporter(kind=BACKBONE_FIT_KIND, matches=is_backbone_fit_checkpoint, export=_export,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,11 @@ import torch
 
 from lrag.data.world_datamodule import WorldDataModule
 from lrag.eval.report import load_report
-from lrag.eval.runner import EvalSettings, load_conditioned_backbone, run_eval, variants
+from lrag.assets import asset_path
+from lrag.commands.export import main as export_main
+from lrag.data.world import WorldConfig
+from lrag.data.world_datamodule import render_world
+from lrag.eval.runner import EvalSettings, _generate, _prefix_latents, load_conditioned_backbone, run_eval, variants
 from lrag.modules.backbone_fit import BackboneFitModule
 from lrag.modules.conditioning import TinyTextEncoder
 from lrag.modules.nets.tiny import build_tiny
@@ -50,12 +55,15 @@ def test_run_eval_end_to_end(tmp_path) -> None:
     assert any(paths.tensorboard.glob("events.out.tfevents.*"))
 
 
-def _checkpoint(tmp_path, num_worlds: int):
+def _checkpoint(tmp_path, num_worlds: int, **overrides):
     torch.manual_seed(1)
-    module = BackboneFitModule(build_tiny(), TinyTextEncoder(8, 32), FlowMatchSchedule())
+    module = BackboneFitModule(build_tiny("tiny", **overrides), TinyTextEncoder(8, 32), FlowMatchSchedule())
     dm = WorldDataModule(num_worlds=num_worlds, seed_offset=0)
     path = tmp_path / "fit.ckpt"
-    torch.save({"state_dict": module.state_dict(), "datamodule_hyper_parameters": dict(dm.hparams)}, path)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": dict(dm.hparams)}
+    module.on_save_checkpoint(ckpt)  # what Lightning calls: records backbone_config
+    torch.save(ckpt, path)
     return module, path
 
 
@@ -74,3 +82,50 @@ def test_training_worlds_are_rejected(tmp_path) -> None:
 def test_missing_checkpoint_names_the_file(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         load_conditioned_backbone(_settings(tmp_path, backbone_checkpoint=str(tmp_path / "nope.ckpt")))
+
+
+def test_exported_file_brings_its_architecture(tmp_path) -> None:
+    # A 1-layer backbone: eval's backbone_preset (tiny, 2 layers) must not matter.
+    module, path = _checkpoint(tmp_path, num_worlds=4, num_layers=1)
+    out = tmp_path / "bb.safetensors"
+    export_main([str(path), str(out)])
+    net = load_conditioned_backbone(_settings(tmp_path, backbone_checkpoint=str(out)))
+    assert len(net.backbone.blocks) == 1
+    assert torch.equal(net.backbone.head.head.weight, module.net.backbone.head.head.weight)
+    with pytest.raises(ValueError, match="--camera motion"):
+        load_conditioned_backbone(_settings(tmp_path, backbone_checkpoint=str(out), camera="position"))
+    with pytest.raises(ValueError, match="training worlds"):
+        load_conditioned_backbone(_settings(tmp_path, seeds=[2], backbone_checkpoint=str(out)))
+
+
+def test_shipped_asset_loads_by_name(tmp_path) -> None:
+    from lrag.modules.backbone_io import read_backbone_fit
+
+    _, info = read_backbone_fit(asset_path("backbone_tiny.safetensors"))
+    net = load_conditioned_backbone(_settings(tmp_path, backbone_checkpoint="asset:backbone_tiny.safetensors",
+                                              camera=info.camera))
+    assert net.camera == info.camera and net.backbone.config == info.config
+
+
+def test_sink_swap_changes_only_the_sink(tmp_path) -> None:
+    s = _settings(tmp_path, sink_swap=5000)
+    prefix = _prefix_latents(s)
+    assert prefix.shape == (1, s.frames_per_block, s.channels, s.height, s.width)
+    assert prefix[0, 0].abs().sum() > 0 and prefix[0, 1:].abs().sum() == 0
+    assert _prefix_latents(_settings(tmp_path)).abs().sum() == 0
+    with pytest.raises(ValueError, match="unrelated world"):
+        run_eval(_settings(tmp_path, sink_swap=1000))
+    with pytest.raises(ValueError, match="sink_mode: blank"):
+        run_eval(_settings(tmp_path, sink_swap=5000, sink_mode="first"))
+
+
+def test_sink_swap_changes_generated_video(tmp_path) -> None:
+    s = _settings(tmp_path, num_frames=6, seeds=[1000])
+    net = load_conditioned_backbone(s)
+    wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
+                       revisit_min=s.revisit_min, revisit_max=s.revisit_max)
+    world = render_world(1000, s.num_frames, wcfg)
+    native = variants(s)[0]
+    blank, _, _ = _generate(s, net, world, native, 0)
+    swapped, _, _ = _generate(dataclasses.replace(s, sink_swap=5000), net, world, native, 0)
+    assert not torch.allclose(blank, swapped)

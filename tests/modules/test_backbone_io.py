@@ -15,14 +15,17 @@ from lrag.modules.nets.tiny import build_tiny
 from lrag.modules.schedule import FlowMatchSchedule
 
 
-def _lightning_ckpt(tmp_path, camera: str = "motion"):
-    """The dict Lightning saves for a BackboneFitModule (state_dict + hyper-parameters)."""
+def _lightning_ckpt(tmp_path, camera: str = "motion", record_config: bool = True, **overrides):
+    """The dict Lightning saves for a BackboneFitModule (state_dict + hyper-parameters + hooks)."""
     torch.manual_seed(3)
-    module = BackboneFitModule(build_tiny("tiny"), TinyTextEncoder(8, 32), FlowMatchSchedule(5.0),
+    module = BackboneFitModule(build_tiny("tiny", **overrides), TinyTextEncoder(8, 32), FlowMatchSchedule(5.0),
                                camera=camera, sink_mode="blank")
     path = tmp_path / "fit.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "datamodule_hyper_parameters": {"num_worlds": 4, "seed_offset": 10}}, path)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": {"num_worlds": 4, "seed_offset": 10}}
+    if record_config:
+        module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
     return path, module
 
 
@@ -58,3 +61,32 @@ def test_other_safetensors_are_not_taken_for_backbones(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="lrag export"):
         read_backbone_fit(path)
+
+
+def test_export_records_the_trained_architecture_not_a_preset(tmp_path):
+    # 3 heads instead of the tiny preset's 4: same tensor shapes, so only a recorded config can tell.
+    ckpt, module = _lightning_ckpt(tmp_path, num_heads=3)
+    out = tmp_path / "bb.safetensors"
+    export_main([str(ckpt), str(out)])
+    _, info = read_backbone_fit(out)
+    assert info.config == module.backbone.config and info.config.num_heads == 3
+    assert info.knobs["config_source"] == "checkpoint"
+
+
+def test_checkpoint_without_config_needs_fit_config(tmp_path):
+    ckpt, module = _lightning_ckpt(tmp_path, record_config=False, num_layers=1)
+    out = tmp_path / "bb.safetensors"
+    with pytest.raises(SystemExit, match="--fit_config"):
+        export_main([str(ckpt), str(out)])
+    fit_yaml = tmp_path / "fit.yaml"
+    fit_yaml.write_text(
+        "model:\n  init_args:\n    backbone:\n      init_args:\n        config:\n"
+        "          {text_len: 16, dim: 96, ffn_dim: 192, freq_dim: 32, text_dim: 32, num_heads: 4, num_layers: 1}\n")
+    export_main([str(ckpt), str(out), "--fit_config", str(fit_yaml)])
+    _, info = read_backbone_fit(out)
+    assert info.config == module.backbone.config
+    assert info.knobs["config_source"] == "fit_config:fit.yaml"
+    # A YAML of another architecture is caught by the shape check.
+    fit_yaml.write_text(fit_yaml.read_text().replace("num_layers: 1", "num_layers: 2"))
+    with pytest.raises(SystemExit, match="blocks.1"):
+        export_main([str(ckpt), str(out), "--fit_config", str(fit_yaml)])
