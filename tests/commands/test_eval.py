@@ -18,7 +18,9 @@ def test_parser_reads_demo_config_and_flags() -> None:
                                      "--budgets", "[replace, add]"])
     assert cfg.seeds == [1005, 1006]
     assert cfg.budgets == ["replace", "add"]
-    assert cfg.descriptors == ["avg_pool", "oracle"]
+    assert cfg.descriptors == ["avg_pool", "ae:asset:embedder_tiny.safetensors", "oracle"]
+    assert cfg.backbone_checkpoint == "asset:backbone_tiny.safetensors" and cfg.camera == "position"
+    assert cfg.sink_swap is None
 
 
 def test_bad_option_exits() -> None:
