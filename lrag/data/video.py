@@ -12,11 +12,13 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import av
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class VideoWriter:
         self.frames_written = 0
 
     def _open(self, height: int, width: int) -> None:
+        import av  # imported on first use: sampling without a video (write_video: false) needs no FFmpeg
+
         self._container = av.open(str(self._tmp), mode="w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=self._fps)
         self._stream.width, self._stream.height = width, height
@@ -102,7 +106,7 @@ class VideoWriter:
                 "decode every chunk at the same resolution."
             )
         for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = _av().VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         self.frames_written += len(frames)
@@ -166,7 +170,14 @@ class VideoInfo:
     pix_fmt: str
 
 
+def _av():
+    import av
+
+    return av
+
+
 def _open_for_read(path: str | Path) -> av.container.InputContainer:
+    av = _av()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist; check the run directory.")
