@@ -109,7 +109,7 @@ class LinearRGBCodec(nn.Module):
         check_latents(latents, self.channels)
         b = latents.shape[0]
         x = rearrange(latents.float(), "b f c h w -> (b f) c h w")
-        rgb = torch.tanh(torch.einsum("oc,nchw->nohw", self.weight.to(x), x)  # fp32 even under bf16-true)
+        rgb = torch.tanh(torch.einsum("oc,nchw->nohw", self.weight.to(x), x))  # fp32 even under bf16-true
         if self.upscale > 1:
             kwargs = {} if self.mode == "nearest" else {"align_corners": False}
             rgb = F.interpolate(rgb, scale_factor=self.upscale, mode=self.mode, **kwargs)
