@@ -83,6 +83,8 @@ class EmbedderModule(LightningModule):
         recon, z = self.net(frames)  # (B*T, C, H, W), (B*T, D)
         out = self.criterion(recon, frames, rearrange(z, "(b t) d -> b t d", b=b))
         on_step = stage == "train"
+        if on_step and not self._logger_writes_this_step():
+            return out  # on-step values the logger would not write: skip Lightning's per-call cost
         scalars = {"loss": out.total, "recon": out.recon, "wtd": out.wtd, "smooth": out.smooth}
         for k, cos in enumerate(out.cos_per_offset, start=1):
             scalars[f"cos_offset_{k}"] = cos
@@ -94,6 +96,14 @@ class EmbedderModule(LightningModule):
             prog_bar=False,
         )
         return out
+
+    def _logger_writes_this_step(self) -> bool:
+        """Whether the Trainer's logger writes on-step values at this step (log_every_n_steps)."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        every = max(int(trainer.log_every_n_steps), 1)
+        return (self.global_step + 1) % every == 0 or trainer.should_stop
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         return self._step(batch, "train").total
