@@ -103,7 +103,9 @@ class EmbedderModule(LightningModule):
         if trainer is None:
             return True
         every = max(int(trainer.log_every_n_steps), 1)
-        return (self.global_step + 1) % every == 0 or trainer.should_stop
+        step = self.global_step + 1
+        last = trainer.is_last_batch or (trainer.max_steps > 0 and step >= trainer.max_steps)
+        return step % every == 0 or trainer.should_stop or last
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         return self._step(batch, "train").total
