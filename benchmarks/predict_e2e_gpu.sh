@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `lrag predict` end to end at full size (random weights) on one GPU, native and RAG, with
+# what the GPU image lacks carried in .devcarry/ (lancedb as an xz-packed site folder, since its
+# 75 MB wheel exceeds the 64 MiB carry limit; pure-Python wheels). Run from the repo root.
+set -uo pipefail
+OUT=${OUT:-./gpu_out}; mkdir -p "$OUT" /tmp/site /tmp/site2
+tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 .devcarry/whl/*.whl > "$OUT/pip.log" 2>&1
+export PYTHONPATH=/tmp/site2:/tmp/site:$PWD PYTHONUNBUFFERED=1
+LRAG=(python3 -c "import sys; from lrag.cli import main; sys.argv[0] = 'lrag'; main()")
+OV=(--model.init_args.backbone_checkpoint null --model.init_args.memory.init_args.descriptor avg_pool
+    --model.init_args.memory.init_args.embedder_path null --model.init_args.memory.init_args.kv_tier device
+    --model.init_args.text_encoder lrag.modules.conditioning.TinyTextEncoder
+    --model.init_args.text_encoder.text_len 512 --model.init_args.text_encoder.text_dim 4096
+    --model.init_args.codec lrag.modules.codecs.LinearRGBCodec --model.init_args.write_video false)
+for cfg in self_forcing_native self_forcing; do
+  /usr/bin/time -v "${LRAG[@]}" predict --config configs/predict/$cfg.yaml "${OV[@]}" \
+    --model.init_args.run_name "gpu-$cfg" > "$OUT/$cfg.log" 2>&1
+  echo "$cfg: exit $?"; grep -E "blocks|Maximum resident|Elapsed" "$OUT/$cfg.log" | tail -4
+done
+python3 - <<'PY' | tee "$OUT/store.txt"
+import lancedb
+db = lancedb.connect("runs/memory.lancedb")
+runs = db.open_table("runs").to_arrow().to_pylist()
+for r in runs:
+    print(r["run_id"], r["status"], r["frames_done"], "/", r["frames_planned"], r["backbone"])
+fr = db.open_table("frames").to_arrow()
+rt = db.open_table("retrievals").to_arrow()
+print("frames rows", fr.num_rows, "retrieval rows", rt.num_rows)
+PY
+ls runs/gpu-* | head
