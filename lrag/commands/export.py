@@ -27,7 +27,7 @@ from lrag.modules.nets.autoencoder import (
 log = logging.getLogger(__name__)
 
 #: Modules imported before dispatch so that their ``register_exporter`` calls run.
-EXPORTER_MODULES: list[str] = ["lrag.modules.backbone_io"]
+EXPORTER_MODULES: list[str] = ["lrag.modules.backbone_io", "lrag.modules.nets.generator_export"]
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,17 @@ def build_parser() -> ArgumentParser:
         default=None,
         help=f"Force a model kind instead of detecting it; one of: {', '.join(EXPORTERS)}.",
     )
-    for exporter in EXPORTERS.values():
+    for exporter in sorted(EXPORTERS.values(), key=_module_rank):
         if exporter.add_arguments is not None:
             exporter.add_arguments(parser)
     return parser
+
+
+def _module_rank(exporter: Exporter) -> int:
+    # Options are added in EXPORTER_MODULES order whatever the import order was, so a later
+    # module can extend an option an earlier one declared (e.g. a shared --preset).
+    module = getattr(exporter.export, "__module__", "")
+    return EXPORTER_MODULES.index(module) if module in EXPORTER_MODULES else -1
 
 
 def select_exporter(ckpt: dict[str, Any], source: Path, kind: str | None = None) -> Exporter:

@@ -343,6 +343,7 @@ def export_backbone(
     preset: str = "wan_1_3b",
     prefer_ema: bool = True,
     dtype: torch.dtype = torch.bfloat16,
+    lora_alpha: float | None = None,
 ) -> Path:
     """Write an upstream generator (LoRA merged if given) as one ``.safetensors`` file.
 
@@ -356,6 +357,7 @@ def export_backbone(
         preset: Name in ``lrag.modules.nets.wan.PRESETS`` describing the architecture.
         prefer_ema: Use EMA weights when the checkpoint has them.
         dtype: Stored dtype (bf16 halves the file; upstream runs in bf16).
+        lora_alpha: LoRA alpha; ``None`` means alpha = rank (LongLive).
 
     Returns:
         The written path.
@@ -370,7 +372,8 @@ def export_backbone(
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     config = PRESETS[preset]()
-    model = load_backbone_weights(CausalWanModel(config), ckpt, lora, prefer_ema=prefer_ema, merge=True)
+    model = load_backbone_weights(CausalWanModel(config), ckpt, lora, prefer_ema=prefer_ema, merge=True,
+                                  lora_alpha=lora_alpha)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     sources = {"ckpt": checkpoint_hash(ckpt)} | ({"lora": checkpoint_hash(lora)} if lora else {})
     metadata = {
