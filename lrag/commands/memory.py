@@ -280,6 +280,7 @@ def _cmd_show(cfg: Namespace) -> None:
         "run": run["run_id"], "status": run["status"], "created": _cell(run["created"]),
         "backbone": run["backbone"], "seed": run["seed"],
         "prompts": " | ".join(run["prompts"] or []),
+        "prompt schedule": "; ".join(f"{e['frame']}: {e['prompt']}" for e in run["prompt_schedule"]) or "-",
         "frames done/planned": f"{run['frames_done']}/{run['frames_planned']}",
         "complete blocks": store.completed_blocks(cfg.run),
         "frames rows": frames.num_rows, "retrieval rows": retrievals.num_rows,

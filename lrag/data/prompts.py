@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -20,7 +21,11 @@ from lrag.data.world import WorldConfig
 from lrag.data.world_datamodule import render_world
 
 __all__ = ["PromptDataModule", "PromptDataset", "WorldPromptDataModule", "WorldSpec",
-           "collate_prompts", "read_prompt_file"]
+           "check_prompt_schedule", "collate_prompts", "prompt_at", "read_prompt_file",
+           "read_schedule_file"]
+
+#: One prompt switch: ``{"frame": int, "prompt": str}`` (the prompt applies from ``frame`` on).
+PromptSwitch = dict[str, Any]
 
 
 def read_prompt_file(path: str | Path) -> list[str]:
@@ -43,22 +48,91 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-class PromptDataset(Dataset):
-    """``(prompt, seed)`` pairs, one per video to generate."""
+def check_prompt_schedule(entries: Any, source: str = "prompt_schedule") -> list[PromptSwitch]:
+    """Validate a prompt schedule and return it as ``[{"frame": int, "prompt": str}, ...]``.
 
-    def __init__(self, prompts: list[str], seeds: list[int]) -> None:
-        self.prompts, self.seeds = prompts, seeds
+    Args:
+        entries: List of mappings with exactly the keys ``frame`` (latent frame index >= 0, the
+            first frame the prompt applies to) and ``prompt`` (non-empty text), frames strictly
+            increasing.
+        source: Where the schedule came from (config field or file), for error messages.
+
+    Raises:
+        ValueError: naming the bad entry (index and value) and the fix.
+    """
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise ValueError(f"{source}: expected a non-empty list of {{frame, prompt}} entries, got {entries!r}.")
+    out: list[PromptSwitch] = []
+    for i, entry in enumerate(entries):
+        where = f"{source}[{i}] = {entry!r}"
+        if not isinstance(entry, Mapping) or set(entry) != {"frame", "prompt"}:
+            raise ValueError(f"{where}: each entry needs exactly the keys 'frame' and 'prompt'.")
+        frame, prompt = entry["frame"], entry["prompt"]
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise ValueError(f"{where}: 'frame' must be a latent frame index >= 0.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}: 'prompt' must be non-empty text.")
+        if out and frame <= out[-1]["frame"]:
+            raise ValueError(f"{where}: frames must be strictly increasing (previous entry is at "
+                             f"frame {out[-1]['frame']}).")
+        out.append({"frame": frame, "prompt": prompt.strip()})
+    return out
+
+
+def read_schedule_file(path: str | Path) -> list[PromptSwitch]:
+    """Read a schedule file: one ``frame<TAB>prompt`` line per switch (``#`` comments skipped).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line is not ``frame<TAB>prompt`` (the message names the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"schedule_file {path} does not exist; write one `frame<TAB>prompt` "
+                                "line per prompt switch, or use prompt_schedule in the YAML.")
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        frame, sep, prompt = line.partition("\t")
+        if not sep or not frame.strip().isdigit():
+            raise ValueError(f"schedule_file {path}, line {number}: {line!r} is not "
+                             "`frame<TAB>prompt` (a latent frame index, a tab, the prompt).")
+        entries.append({"frame": int(frame), "prompt": prompt})
+    return check_prompt_schedule(entries, f"schedule_file {path}")
+
+
+def prompt_at(schedule: list[PromptSwitch], base: str, frame: int) -> str:
+    """The prompt in force at latent ``frame``: the last switch at or before it, else ``base``."""
+    current = base
+    for entry in schedule:
+        if entry["frame"] > frame:
+            break
+        current = entry["prompt"]
+    return current
+
+
+class PromptDataset(Dataset):
+    """``(prompt, seed, schedule)`` triples, one per video to generate."""
+
+    def __init__(self, prompts: list[str], seeds: list[int],
+                 schedule: list[PromptSwitch] | None = None) -> None:
+        self.prompts, self.seeds, self.schedule = prompts, seeds, schedule
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, index: int) -> tuple[str, int]:
-        return self.prompts[index], self.seeds[index]
+    def __getitem__(self, index: int) -> tuple[str, int, list[PromptSwitch] | None]:
+        return self.prompts[index], self.seeds[index], self.schedule
 
 
-def collate_prompts(items: list[tuple[str, int]]) -> dict[str, list]:
-    """Batch as ``{"prompts": list[str], "seeds": list[int]}`` (no tensors: seeds stay ints)."""
-    return {"prompts": [p for p, _ in items], "seeds": [s for _, s in items]}
+def collate_prompts(items: list[tuple]) -> dict[str, list]:
+    """Batch as ``{"prompts": [...], "seeds": [...]}`` (+ ``"schedules"`` when any video has one)."""
+    batch = {"prompts": [item[0] for item in items], "seeds": [item[1] for item in items]}
+    schedules = [item[2] if len(item) > 2 else None for item in items]
+    if any(s is not None for s in schedules):
+        batch["schedules"] = schedules
+    return batch
 
 
 class PromptDataModule(L.LightningDataModule):
@@ -71,6 +145,12 @@ class PromptDataModule(L.LightningDataModule):
         seeds: One seed per prompt. When omitted, prompt ``i`` gets ``seed + i``.
         seed: Base seed used when ``seeds`` is omitted.
         batch_size: Prompts per ``predict_step`` call; every prompt in a batch is one video.
+        prompt_schedule: Prompt switching (LongLive's interactive mode), applied to every video:
+            entries ``{frame: int, prompt: str}``, frames strictly increasing and multiples of
+            the generator's ``frames_per_block``. The video's prompt applies until the first
+            switch; an entry at frame 0 replaces it from the start.
+        schedule_file: The same schedule as a text file, one ``frame<TAB>prompt`` line per
+            switch (``#`` comments and blank lines skipped); exclusive with ``prompt_schedule``.
     """
 
     def __init__(
@@ -80,8 +160,15 @@ class PromptDataModule(L.LightningDataModule):
         seeds: list[int] | None = None,
         seed: int = 0,
         batch_size: int = 1,
+        prompt_schedule: list[dict] | None = None,
+        schedule_file: str | None = None,
     ) -> None:
         super().__init__()
+        if prompt_schedule is not None and schedule_file is not None:
+            raise ValueError("PromptDataModule: set at most one of `prompt_schedule` and `schedule_file`.")
+        self.prompt_schedule = (check_prompt_schedule(prompt_schedule, "data.init_args.prompt_schedule")
+                                if prompt_schedule is not None else None)
+        self.schedule_file = schedule_file
         if (prompts is None) == (prompt_file is None):
             raise ValueError(
                 "PromptDataModule: set exactly one of `prompts` (a list) and `prompt_file` "
@@ -116,10 +203,17 @@ class PromptDataModule(L.LightningDataModule):
             )
         return self._seeds
 
+    @property
+    def schedule(self) -> list[PromptSwitch] | None:
+        """The prompt schedule of every video (``schedule_file`` read on first use), or None."""
+        if self.prompt_schedule is None and self.schedule_file is not None:
+            self.prompt_schedule = read_schedule_file(self.schedule_file)
+        return self.prompt_schedule
+
     def predict_dataloader(self) -> DataLoader:  # noqa: D102
         # Order matters (run i gets prompt i): no shuffling; no workers, the items are strings.
         return DataLoader(
-            PromptDataset(self.prompts, self.seeds),
+            PromptDataset(self.prompts, self.seeds, self.schedule),
             batch_size=self.batch_size,
             shuffle=False,
             collate_fn=collate_prompts,

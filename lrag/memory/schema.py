@@ -75,6 +75,7 @@ RUNS_SCHEMA = _schema([
     pa.field("backbone", pa.string()),
     pa.field("checkpoint_hashes", pa.string()),  # JSON object: name -> hash
     pa.field("prompts", pa.list_(pa.string())),
+    pa.field("prompt_schedule", pa.string()),  # JSON list of {frame, prompt}; "[]" = one prompt
     pa.field("seed", pa.int64()),
     pa.field("frames_planned", pa.int32()),
     pa.field("frames_done", pa.int32()),
@@ -126,6 +127,9 @@ class RunInfo:
     prompts: list[str] = field(default_factory=list)
     seed: int = 0
     frames_planned: int = 0
+    #: Prompt switches ``[{"frame": int, "prompt": str}, ...]`` (frame = first latent frame the
+    #: prompt applies to); empty for a single-prompt run.
+    prompt_schedule: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -165,9 +169,10 @@ def now() -> datetime:
 
 
 def decode_run(row: dict) -> dict:
-    """A ``runs`` row with its JSON checkpoint hashes decoded into a dict."""
+    """A ``runs`` row with its JSON checkpoint hashes (dict) and prompt schedule (list) decoded."""
     row = dict(row)
     row["checkpoint_hashes"] = json.loads(row["checkpoint_hashes"] or "{}")
+    row["prompt_schedule"] = json.loads(row.get("prompt_schedule") or "[]")
     return row
 
 

@@ -180,7 +180,8 @@ class MemoryStore:
         row = {
             "run_id": info.run_id, "created": now(), "config_yaml": info.config_yaml,
             "backbone": info.backbone, "checkpoint_hashes": json.dumps(info.checkpoint_hashes),
-            "prompts": list(info.prompts), "seed": int(info.seed),
+            "prompts": list(info.prompts), "prompt_schedule": json.dumps(list(info.prompt_schedule)),
+            "seed": int(info.seed),
             "frames_planned": int(info.frames_planned), "frames_done": 0,
             "status": "running", "schema_version": SCHEMA_VERSION,
         }

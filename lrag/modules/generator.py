@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +28,9 @@ from lrag.data.prompts import WorldSpec
 from lrag.data.run_outputs import RunOutputs, png_preview
 from lrag.memory.bank import RetrievalMemory
 from lrag.memory.store import FrameRow, MemoryStore, RunInfo
-from lrag.modules.generator_world import (blank_prefix, check_knobs, load_generator_weights, progress_bar,
-                                          retrieval_rows, set_world, shift_result, truncate_meta,
-                                          world_from_meta)
+from lrag.modules.generator_world import (blank_prefix, check_knobs, context_schedule, effective_schedule,
+                                          load_generator_weights, progress_bar, retrieval_rows, set_world,
+                                          shift_result, truncate_meta, world_from_meta)
 from lrag.modules.nets.checkpoints import checkpoint_hash
 from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
 from lrag.modules.schedule import FlowMatchSchedule
@@ -55,6 +55,8 @@ class _Run:
     seed: int
     outputs: RunOutputs
     world: WorldSpec | None = None
+    #: Prompt switches ``[{"frame", "prompt"}]`` from frame 0 on; empty = ``prompt`` throughout.
+    schedule: list[dict] = field(default_factory=list)
     done_blocks: int = 0
     resume_latents: Tensor | None = None
     frames_done: int = 0
@@ -236,7 +238,8 @@ class GeneratorModule(L.LightningModule):
 
         Args:
             batch: ``{"prompts": list[str], "seeds": list[int]}`` and, from
-                ``WorldPromptDataModule``, ``"worlds": list[WorldSpec]``.
+                ``WorldPromptDataModule``, ``"worlds": list[WorldSpec]``; optional
+                ``"schedules"``: per video a prompt schedule ``[{"frame", "prompt"}]`` or None.
             batch_idx: Index of the batch.
 
         Returns:
@@ -251,14 +254,19 @@ class GeneratorModule(L.LightningModule):
                 raise ValueError(f"batch {batch_idx}: {len(batch['prompts'])} prompts but "
                                  f"{len(batch['seeds'])} seeds; give one seed per prompt.")
             worlds = batch.get("worlds") or [None] * len(batch["prompts"])
-            runs = [self._new_run(p, int(s), w)
-                    for p, s, w in zip(batch["prompts"], batch["seeds"], worlds)]
+            schedules = batch.get("schedules") or [None] * len(batch["prompts"])
+            runs = [self._new_run(p, int(s), w, sched)
+                    for p, s, w, sched in zip(batch["prompts"], batch["seeds"], worlds, schedules)]
         for run in runs:
             self._generate(run)
         return {"run_ids": [r.run_id for r in runs],
                 "dirs": [str(r.outputs.dir) for r in runs]}
 
-    def _new_run(self, prompt: str, seed: int, world: WorldSpec | None = None) -> _Run:
+    def _new_run(self, prompt: str, seed: int, world: WorldSpec | None = None,
+                 schedule: list[dict] | None = None) -> _Run:
+        hp = self.hparams
+        schedule = effective_schedule(prompt, schedule, hp.frames_per_block, hp.num_frames)
+        prompt = schedule[0]["prompt"] if schedule else prompt
         run_id = self._new_run_id()
         outputs = self._outputs(run_id, prompt, seed)
         config = self._config_yaml()
@@ -267,10 +275,12 @@ class GeneratorModule(L.LightningModule):
             outputs.write_ground_truth(truncate_meta(world.meta, self.hparams.num_frames))
         self._store.start_run(RunInfo(
             run_id=run_id, config_yaml=config, backbone=_class_path(self.backbone),
-            checkpoint_hashes=self.checkpoint_hashes(), prompts=[prompt], seed=seed,
-            frames_planned=self.hparams.num_frames,
+            checkpoint_hashes=self.checkpoint_hashes(), seed=seed, frames_planned=hp.num_frames,
+            prompts=list(dict.fromkeys(e["prompt"] for e in schedule)) or [prompt],
+            prompt_schedule=schedule,
         ))
-        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world)
+        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
+                    schedule=schedule)
 
     def _resumed_run(self, run_id: str) -> _Run:
         info = self._store.get_run(run_id)
@@ -291,7 +301,7 @@ class GeneratorModule(L.LightningModule):
         truth = outputs.read_ground_truth()
         return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
                     world=world_from_meta(truth) if truth is not None else None,
-                    done_blocks=done, resume_latents=resume)
+                    schedule=list(info["prompt_schedule"]), done_blocks=done, resume_latents=resume)
 
     def _check_resume_config(self, info: dict) -> None:
         stored = (yaml.safe_load(info["config_yaml"]) or {}).get("model", {})
@@ -331,7 +341,8 @@ class GeneratorModule(L.LightningModule):
                             memory_position=hp.memory_position)
         noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
         try:
-            context = self.text_encoder([run.prompt]).to(self.device)
+            context, switch = context_schedule(run.schedule or [{"frame": 0, "prompt": run.prompt}],
+                                               self.text_encoder, p, self.device)
             start = self._sampler_start(run)
             with progress_bar(hp.progress) as bar:
                 run.progress = bar
@@ -339,7 +350,7 @@ class GeneratorModule(L.LightningModule):
                                         completed=run.done_blocks, fps=0.0)
                 latents = sampler(noise, context, p + hp.num_frames,
                                   on_block=lambda result: self._on_block(run, result),
-                                  resume_latents=start)[:, p:]
+                                  resume_latents=start, context_schedule=switch)[:, p:]
             retrievals = store.retrievals(run.run_id).to_pydict()
             run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
                                hp.frames_per_block)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrag.data.prompts import PromptDataModule, read_prompt_file
+from lrag.data.prompts import (PromptDataModule, check_prompt_schedule, prompt_at, read_prompt_file,
+                               read_schedule_file)
 
 
 def _batches(dm: PromptDataModule) -> list[dict]:
@@ -79,3 +80,39 @@ def test_world_module_rejects_mismatched_lists():
         WorldPromptDataModule([5], seeds=[1, 2])
     with pytest.raises(ValueError, match="world_seeds"):
         WorldPromptDataModule([])
+
+
+# -- prompt schedules ----------------------------------------------------------------------------
+def test_schedule_is_normalised_and_looked_up() -> None:
+    schedule = check_prompt_schedule([{"frame": 6, "prompt": " a dog "}, {"frame": 30, "prompt": "a cow"}])
+    assert schedule == [{"frame": 6, "prompt": "a dog"}, {"frame": 30, "prompt": "a cow"}]
+    assert [prompt_at(schedule, "a cat", f) for f in (0, 5, 6, 29, 30, 99)] == [
+        "a cat", "a cat", "a dog", "a dog", "a cow", "a cow"]
+
+
+@pytest.mark.parametrize("entries, match", [
+    ([{"frame": 3}], r"\[0\].*exactly the keys"),
+    ([{"frame": -3, "prompt": "x"}], r"\[0\].*>= 0"),
+    ([{"frame": "3", "prompt": "x"}], r"\[0\].*'frame'"),
+    ([{"frame": 3, "prompt": "x"}, {"frame": 3, "prompt": "y"}], r"\[1\].*strictly increasing"),
+    ([{"frame": 3, "prompt": "  "}], r"\[0\].*non-empty"),
+    ([], "non-empty list"),
+])
+def test_bad_schedule_entries_are_named(entries, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        PromptDataModule(prompts=["a"], prompt_schedule=entries)
+
+
+def test_schedule_file_and_batches(tmp_path) -> None:
+    path = tmp_path / "switch.tsv"
+    path.write_text("# frame<TAB>prompt\n0\ta cat\n\n12\ta dog runs\n", encoding="utf-8")
+    dm = PromptDataModule(prompts=["a", "b"], schedule_file=str(path), batch_size=2)
+    batch = next(iter(dm.predict_dataloader()))
+    expected = [{"frame": 0, "prompt": "a cat"}, {"frame": 12, "prompt": "a dog runs"}]
+    assert batch["schedules"] == [expected, expected] and batch["prompts"] == ["a", "b"]
+    assert "schedules" not in next(iter(PromptDataModule(prompts=["a"]).predict_dataloader()))
+    path.write_text("12 a dog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"switch.tsv, line 1: '12 a dog'"):
+        read_schedule_file(path)
+    with pytest.raises(ValueError, match="at most one"):
+        PromptDataModule(prompts=["a"], schedule_file=str(path), prompt_schedule=expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 import textwrap
@@ -100,6 +102,16 @@ def test_status_and_unknown_run(tmp_path):
         store.set_status("run-a", "done")
     with pytest.raises(StoreError, match="already exists"):
         store.start_run(_info("run-a"))
+
+
+def test_prompt_schedule_round_trips_and_defaults_to_empty(tmp_path):
+    store = _store_with_blocks(tmp_path, 0)
+    schedule = [{"frame": 0, "prompt": "a cat"}, {"frame": 6, "prompt": "a dog"}]
+    store.start_run(RunInfo("run-b", "", "tiny", {}, ["a cat", "a dog"], 1, 12, prompt_schedule=schedule))
+    assert store.get_run("run-b")["prompt_schedule"] == schedule
+    assert store.get_run("run-a")["prompt_schedule"] == []
+    raw = store.scan("runs", "run_id = 'run-b'", ["prompt_schedule"]).column(0).to_pylist()[0]
+    assert json.loads(raw) == schedule  # plain JSON text, readable from `lrag memory sql`
 
 
 def test_default_capacity_and_existing_capacity_wins(tmp_path):
