@@ -28,7 +28,14 @@ from jsonargparse import ArgumentParser, Namespace
 from torch import Tensor, nn
 
 from lrag.commands.export import Exporter, register_exporter
-from lrag.modules.nets.checkpoints import CheckpointError, check_state_dict, checkpoint_hash, read_checkpoint
+from lrag.modules.nets.checkpoints import (
+    KIND_KEY,
+    CheckpointError,
+    check_state_dict,
+    checkpoint_hash,
+    read_checkpoint,
+    read_lrag_safetensors,
+)
 from lrag.modules.nets.wan import PRESETS, CausalWanModel, WanConfig
 
 log = logging.getLogger(__name__)
@@ -37,7 +44,6 @@ __all__ = ["BACKBONE_FIT_KIND", "BackboneFitInfo", "build_conditioned", "config_
            "is_backbone_fit_checkpoint", "load_backbone_fit", "read_backbone_fit"]
 
 BACKBONE_FIT_KIND = "backbone_fit"
-_KIND_KEY = "lrag_kind"
 #: Checkpoint entry with ``dataclasses.asdict(WanConfig)`` (``BackboneFitModule.on_save_checkpoint``);
 #: older checkpoints need ``--fit_config`` (or ``--preset``) on export.
 CONFIG_KEY = "backbone_config"
@@ -145,16 +151,9 @@ def _from_lightning(ckpt: dict[str, Any], source: str, preset: str | None = None
 
 
 def _from_safetensors(path: Path) -> tuple[dict[str, Tensor], BackboneFitInfo]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
-    if meta.get(_KIND_KEY) != BACKBONE_FIT_KIND or "config" not in meta:
-        raise CheckpointError(
-            f"{path}: safetensors metadata lacks {_KIND_KEY}={BACKBONE_FIT_KIND!r} and 'config'; "
-            "write backbone files with `lrag export <BackboneFitModule .ckpt> OUT.safetensors`."
-        )
+    state, meta = read_lrag_safetensors(
+        path, BACKBONE_FIT_KIND, "lrag export <BackboneFitModule .ckpt> OUT.safetensors"
+    )
     config = WanConfig(**_config_fields(json.loads(meta["config"])))
     return state, BackboneFitInfo(config, meta.get("camera", "none"), json.loads(meta.get("knobs", "{}")),
                                   json.loads(meta.get("data", "{}")))
@@ -239,7 +238,7 @@ def export_backbone_fit(ckpt: dict[str, Any], source: Path, out: Path, preset: s
     net = build_conditioned(info)
     check_state_dict({k: tuple(v.shape) for k, v in net.state_dict().items()}, state, str(source))
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
-    meta = {_KIND_KEY: BACKBONE_FIT_KIND, "camera": info.camera,
+    meta = {KIND_KEY: BACKBONE_FIT_KIND, "camera": info.camera,
             "config": json.dumps(dataclasses.asdict(info.config)),
             "knobs": json.dumps(info.knobs), "data": json.dumps(info.data),
             "source_sha256": checkpoint_hash(source)}

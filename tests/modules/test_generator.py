@@ -92,21 +92,9 @@ def test_two_prompts_make_two_reproducible_runs(tmp_path):
     assert module.run_stats[0]["frames"] == 12 and module.run_stats[0]["frames_per_s"] > 0
 
 
-class _FailingCodec(LinearRGBCodec):
-    def __init__(self, fail_at_call: int) -> None:
-        super().__init__(channels=16, upscale=2)
-        self.calls, self.fail_at_call = 0, fail_at_call
-
-    def decode(self, latents):
-        self.calls += 1
-        if self.calls == self.fail_at_call:
-            raise RuntimeError("codec exploded")
-        return super().decode(latents)
-
-
-def test_failure_marks_run_failed_and_resume_finishes_it(tmp_path):
+def test_failure_marks_run_failed_and_resume_finishes_it(tmp_path, failing_codec):
     module = _module(tmp_path)
-    module.codec = _FailingCodec(fail_at_call=3)  # block 2's decode
+    module.codec = failing_codec(fail_at_call=3)  # block 2's decode
     with pytest.raises(RuntimeError, match="codec exploded"):
         _predict(module)
     store = MemoryStore(str(tmp_path / "runs" / "db"))
@@ -125,9 +113,9 @@ def test_failure_marks_run_failed_and_resume_finishes_it(tmp_path):
     assert torch.equal(got, ref)
 
 
-def test_resume_refuses_changed_config_and_unknown_runs(tmp_path):
+def test_resume_refuses_changed_config_and_unknown_runs(tmp_path, failing_codec):
     module = _module(tmp_path)
-    module.codec = _FailingCodec(fail_at_call=2)
+    module.codec = failing_codec(fail_at_call=2)
     with pytest.raises(RuntimeError):
         _predict(module)
     changed = _module(tmp_path, window=12)
@@ -221,7 +209,7 @@ def test_bad_sink_mode_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_world_run_resumes_bit_identically_with_blank_prefix(tmp_path):
+def test_world_run_resumes_bit_identically_with_blank_prefix(tmp_path, failing_codec):
     from lrag.data.prompts import WorldPromptDataModule
 
     def predict(module):
@@ -230,7 +218,7 @@ def test_world_run_resumes_bit_identically_with_blank_prefix(tmp_path):
         return trainer.predict(module, datamodule=WorldPromptDataModule([1000], num_frames=12))
 
     module = _world_module(tmp_path)
-    module.codec = _FailingCodec(fail_at_call=3)  # block 2's decode
+    module.codec = failing_codec(fail_at_call=3)  # block 2's decode
     with pytest.raises(RuntimeError, match="codec exploded"):
         predict(module)
     store = MemoryStore(str(tmp_path / "runs" / "db"))

@@ -69,23 +69,11 @@ def test_schedule_from_frame_zero_replaces_the_prompt(tmp_path):
     assert MemoryStore(str(tmp_path / "a" / "runs" / "db")).get_run("t-0")["prompts"] == ["a dog"]
 
 
-class _FailingCodec(LinearRGBCodec):
-    def __init__(self, fail_at_call: int) -> None:
-        super().__init__(channels=16, upscale=2)
-        self.calls, self.fail_at_call = 0, fail_at_call
-
-    def decode(self, latents):
-        self.calls += 1
-        if self.calls == self.fail_at_call:
-            raise RuntimeError("codec exploded")
-        return super().decode(latents)
-
-
-def test_resume_with_switches_before_and_after_the_interruption_is_bit_identical(tmp_path):
+def test_resume_with_switches_before_and_after_the_interruption_is_bit_identical(tmp_path, failing_codec):
     schedule = [{"frame": 3, "prompt": "a dog"}, {"frame": 12, "prompt": "a cow"}]
     _predict(_module(tmp_path / "full"), schedule)
     with pytest.raises(RuntimeError, match="codec exploded"):
-        _predict(_module(tmp_path / "cut", codec=_FailingCodec(fail_at_call=4)), schedule)  # block 3
+        _predict(_module(tmp_path / "cut", codec=failing_codec(fail_at_call=4)), schedule)  # block 3
     store = MemoryStore(str(tmp_path / "cut" / "runs" / "db"))
     assert store.completed_blocks("t-0") == 3  # the switch at frame 3 is behind, 12 ahead
     resumed = _module(tmp_path / "cut")

@@ -25,14 +25,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lrag.modules.nets.checkpoints import CheckpointError, load_into, read_checkpoint
+from lrag.modules.nets.checkpoints import (
+    KIND_KEY,
+    CheckpointError,
+    load_into,
+    read_checkpoint,
+    read_lrag_safetensors,
+)
 
 _EMBEDDER_HINT = "Check that the file is a frame-embedder checkpoint written for this AEConfig."
 
 log = logging.getLogger(__name__)
 
 #: safetensors metadata key holding the model kind, and the kind of an exported embedder.
-KIND_KEY = "lrag_kind"
 EMBEDDER_KIND = "embedder"
 #: Lightning checkpoint key where ``EmbedderModule`` records the net's ``AEConfig``.
 CKPT_CONFIG_KEY = "embedder_config"
@@ -253,16 +258,7 @@ def save_embedder(model: LatentAE, path: str | Path) -> None:
 
 
 def _load_safetensors(path: Path) -> LatentAE:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get(KIND_KEY) != EMBEDDER_KIND or "config" not in meta:
-        raise CheckpointError(
-            f"{path}: safetensors metadata lacks {KIND_KEY}={EMBEDDER_KIND!r} and 'config'; "
-            "write embedder files with `lrag export CKPT OUT.safetensors`"
-        )
+    state, meta = read_lrag_safetensors(path, EMBEDDER_KIND, "lrag export CKPT OUT.safetensors")
     cfg = AEConfig.from_dict(json.loads(meta["config"]), f"{path} metadata['config']")
     model = LatentAE(cfg)
     load_into(model, state, str(path), hint=_EMBEDDER_HINT)

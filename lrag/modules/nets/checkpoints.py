@@ -161,6 +161,35 @@ def _listing(kind: str, keys: Sequence[str]) -> str:
     return f"{len(keys)} {kind}: {shown}{more}"
 
 
+#: safetensors metadata key naming what kind of lrag model a file holds.
+KIND_KEY = "lrag_kind"
+
+
+def read_lrag_safetensors(path: str | Path, kind: str, how_to_write: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file that lrag exported as ``kind``.
+
+    Args:
+        path: The ``.safetensors`` file.
+        kind: Expected ``metadata[KIND_KEY]`` (e.g. ``"embedder"``); the file must also carry
+            a ``config`` entry.
+        how_to_write: The command that writes such files, quoted in the error.
+
+    Raises:
+        CheckpointError: The file is not an lrag export of that kind.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta.get(KIND_KEY) != kind or "config" not in meta:
+        raise CheckpointError(
+            f"{path}: safetensors metadata lacks {KIND_KEY}={kind!r} and 'config'; "
+            f"write {kind} files with `{how_to_write}`."
+        )
+    return state, meta
+
+
 #: What to check when a backbone checkpoint does not fit (the default hint of the errors).
 BACKBONE_HINT = (
     "Check that the preset matches the checkpoint (e.g. wan_1_3b for Wan2.1-T2V-1.3B generators) "
