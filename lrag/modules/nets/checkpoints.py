@@ -74,10 +74,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path} cannot be loaded with torch.load(weights_only=True) "
                 f"({_unpickling_reason(err)}). It holds "
                 "pickled Python objects beyond tensors and plain containers, which lrag refuses "
-                "to execute. Convert it once in an environment you trust, e.g. "
-                "`sd = torch.load(p, weights_only=False); torch.save({k: v for k, v in "
-                "sd['generator'].items()}, 'clean.pt')` or save it with "
-                "safetensors.torch.save_file."
+                "to execute. Convert it once, in an environment you trust: load it with full "
+                "unpickling (torch.load with weights_only turned off) and re-save only its tensors, "
+                "e.g. torch.save(dict(sd['generator']), 'clean.pt') or safetensors.torch.save_file "
+                "(recipe: docs/wan.md)."
             ) from err
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, expected a dict")
