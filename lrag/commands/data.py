@@ -13,7 +13,7 @@ import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def build_parser() -> ArgumentParser:
     synth.add_argument("--height", type=int, default=8, help="Latent rows H.")
     synth.add_argument("--width", type=int, default=8, help="Latent columns W.")
     synth.add_argument("--seed", type=int, default=0, help="Seed; same seed, same bytes.")
-    synth.add_argument("--kind", type=str, default="patterns", choices=list(KINDS),
+    synth.add_argument("--kind", type=Literal[KINDS], default="patterns",
                        help="patterns: moving waves with scene cuts/returns; world: procedural "
                             "world with ground truth (lrag.data.world).")
     _common_output_args(synth)
