@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,19 +12,14 @@ from lrag.modules.losses import (
     temporal_smoothness_loss,
     window_temporal_delta_loss,
 )
-from lrag.modules.nets.autoencoder import AEConfig, LatentAE, load_into
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wan_reference"
 
 
 @pytest.fixture(scope="module")
-def golden_terms():
-    golden = torch.load(FIXTURES / "ae_tiny_golden.pt", weights_only=True)
-    model = LatentAE(AEConfig.from_dict(golden["config"]))
-    load_into(model, golden["state_dict"], "golden")
+def golden_terms(ae_golden, ae_golden_model):
+    golden = ae_golden
     x = golden["input"].flatten(0, 1)
     with torch.no_grad():
-        recon, z = model.eval()(x)
+        recon, z = ae_golden_model(x)
     b, t = golden["input"].shape[:2]
     return golden, recon, x, z.view(b, t, -1)
 

@@ -15,7 +15,6 @@ from lrag.modules.nets.autoencoder import (
     LatentAE,
     bottleneck_shape,
     load_embedder,
-    load_into,
     save_embedder,
 )
 
@@ -23,15 +22,13 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "wan_reference"
 
 
 @pytest.fixture(scope="module")
-def golden() -> dict:
-    return torch.load(FIXTURES / "ae_tiny_golden.pt", weights_only=True)
+def golden(ae_golden) -> dict:
+    return ae_golden
 
 
 @pytest.fixture(scope="module")
-def golden_model(golden) -> LatentAE:
-    model = LatentAE(AEConfig.from_dict(golden["config"]))
-    load_into(model, golden["state_dict"], "golden")
-    return model.eval()
+def golden_model(ae_golden_model) -> LatentAE:
+    return ae_golden_model
 
 
 def assert_close(actual: torch.Tensor, ref: torch.Tensor) -> None:
