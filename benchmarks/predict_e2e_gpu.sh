@@ -2,6 +2,12 @@
 # `lrag predict` end to end at full size (random weights) on one GPU, native and RAG, with
 # what the GPU image lacks carried in .devcarry/ (lancedb as an xz-packed site folder, since its
 # 75 MB wheel exceeds the 64 MiB carry limit; pure-Python wheels). Run from the repo root.
+# Build .devcarry/ (git-ignored) on the dev machine first, e.g.:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     -d /tmp/w lancedb==0.40.0 && unzip -q /tmp/w/lancedb-*.whl -d /tmp/ls && tar cJf .devcarry/lancedb_site.tar.xz -C /tmp/ls .
+#   the same `pip download` into .devcarry/whl for: jsonargparse docstring-parser typeshed-client
+#   webdataset braceexpand deprecation overrides lance-namespace lance-namespace-urllib3-client
+#   pydantic pydantic-core annotated-types typing-inspection
 set -uo pipefail
 OUT=${OUT:-./gpu_out}; mkdir -p "$OUT" /tmp/site /tmp/site2
 tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
