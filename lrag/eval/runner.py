@@ -175,6 +175,7 @@ def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v:
     pos = torch.cat([torch.full((p, 2), math.nan), world["positions"]])[None]
     cam = torch.cat([torch.zeros(p, 2), world["camera"]])[None].to(dev)
     memory = _memory(s, v, pos)
+    memory.exclude_before(p)
     schedule = FlowMatchSchedule(s.shift, denoising_steps=s.denoising_steps)
     sampler = ARSampler(net, schedule, memory, s.frames_per_block, s.window, s.sink, v.budget,
                         s.positions, s.memory_position)

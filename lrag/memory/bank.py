@@ -114,6 +114,7 @@ class RetrievalMemory:
         self.kv_tier = kv_tier
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
+        self.first_candidate = 0
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -127,6 +128,17 @@ class RetrievalMemory:
     def set_embedder(self, embedder: nn.Module) -> None:
         """Use an in-memory embedder (must have ``encode([N,C,H,W]) -> [N,D]``)."""
         self.embedder = embedder.eval()
+
+    def exclude_before(self, frame: int) -> None:
+        """Never keep frames with a global index below ``frame`` as candidates.
+
+        A blank prefix (``sink_mode: blank``) shows no place: cosine retrieval of those zero
+        frames (or the oracle's oldest-first fallback) would spend memory slots on nothing.
+        Kept across :meth:`reset`, since it describes the sampler's setup, not one video.
+        """
+        if frame < 0:
+            raise ValueError(f"RetrievalMemory.exclude_before: frame must be >= 0, got {frame}")
+        self.first_candidate = frame
 
     def set_recompute(self, fn: RecomputeFn | None) -> None:
         """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
@@ -185,6 +197,8 @@ class RetrievalMemory:
         k = torch.stack(evicted.k, dim=0)  # (layers, B, n, tokens, heads, head_dim)
         v = torch.stack(evicted.v, dim=0)
         for j, frame in enumerate(evicted.frames):
+            if frame < self.first_candidate:
+                continue
             self._pool_frames.append(frame)
             stored = self._place(k[:, :, j], v[:, :, j])
             if evicted.offsets is not None:

@@ -327,6 +327,7 @@ class GeneratorModule(L.LightningModule):
         """Latents the sampler treats as finished: the blank prefix, then resumed blocks."""
         hp, p = self.hparams, self.prefix
         set_world(self.backbone, self.memory, run.world, hp.num_frames, p, self.device)
+        self.memory.exclude_before(p)
         if run.resume_latents is not None:
             run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
         if not p:

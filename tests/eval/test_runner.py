@@ -48,6 +48,10 @@ def test_run_eval_end_to_end(tmp_path) -> None:
     # all retrieved frames left the 6-frame window (and the R=1 guard) before their block
     for r in oracle["retrievals"]:
         assert all(f < r["query_frame"] - s.window for f in r["frames"])
+    # the blank prefix block (negative video indices) shows no place and is never retrieved
+    cosine = next(r for r in doc["runs"] if r["variant"] == "rag-avg_pool")
+    assert cosine["retrievals"] and all(f >= 0 for r in cosine["retrievals"] for f in r["frames"])
+    assert all(f >= 0 for r in oracle["retrievals"] for f in r["frames"])
     # same seed, same world: the two arms are identical until retrieval starts
     assert len(native["series"]["revisit_mse_by_block"]) == 24 // 3
     assert {p.name for p in paths.plots} == {"metrics_vs_time.png", "retrievals.png"}

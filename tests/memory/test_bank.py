@@ -33,6 +33,30 @@ def test_avg_pool_descriptors_and_retrieval_record() -> None:
     assert mem.records == [record]
 
 
+def test_frames_before_exclude_before_are_never_candidates() -> None:
+    # A blank prefix (frames 0..2, zeros) would win cosine retrieval against anti-correlated
+    # frames; excluded, the pool starts at frame 3 and blank frames are never returned.
+    mem = RetrievalMemory(memory_size=2, recent_exclude=0, kv_tier="device")
+    mem.exclude_before(3)
+    mem.describe(_frames([[0, 0], [0, 0], [0, 0], [1, 0], [-1, 0.2], [-1, 0.1], [1, 0]]))
+    mem.store(_evicted([1, 2, 3, 4, 5]))
+    assert mem.pool_size == 3
+    record = mem.retrieve(query_frame=7)
+    assert record.frames.tolist() == [[3, 4]]  # query frame 6 = [1, 0]: 3 (cos 1), then 4
+    assert mem.gather(record, "cpu").num_frames == 2
+    mem.reset()
+    assert mem.first_candidate == 3  # a property of the sampler's setup, kept across videos
+    with pytest.raises(ValueError, match="exclude_before"):
+        mem.exclude_before(-1)
+
+
+def test_without_exclusion_blank_frames_are_retrieved() -> None:
+    mem = RetrievalMemory(memory_size=1, recent_exclude=0, kv_tier="device")
+    mem.describe(_frames([[0, 0], [0, 0], [-1, 0.1], [1, 0]]))
+    mem.store(_evicted([1, 2]))
+    assert mem.retrieve(query_frame=4).frames.tolist() == [[1]]  # cos 0 beats cos -0.99
+
+
 def test_native_memory_drops_evicted_frames() -> None:
     mem = RetrievalMemory(memory_size=0, recent_exclude=0)
     mem.describe(_frames([[1, 0], [0, 1]]))
