@@ -43,6 +43,9 @@ EMBEDDER_KIND = "embedder"
 CKPT_CONFIG_KEY = "embedder_config"
 
 
+POOLS = ("mean", "flatten")
+
+
 @dataclass
 class AEConfig:
     """Frame-embedder hyper-parameters, with the reference ``AEConfig`` field names.
@@ -58,6 +61,10 @@ class AEConfig:
         delta_weight: Weight of the Window Temporal Delta loss.
         delta_window: Largest temporal offset w compared by the delta loss.
         smooth_weight: Weight of the second-difference smoothness loss.
+        pool: How the encoder turns its last feature map into the descriptor: ``"mean"``
+            (reference: global average, a shift-tolerant bag of features) or ``"flatten"``
+            (keep the bottleneck's layout; for tiny frames, whose 2x2 map mean pooling would
+            reduce to a bag of four cells that the decoder cannot reconstruct).
     """
 
     in_channels: int = 16
@@ -70,6 +77,7 @@ class AEConfig:
     delta_weight: float = 1.0
     delta_window: int = 3
     smooth_weight: float = 1.0
+    pool: str = "mean"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AEConfig":
@@ -86,6 +94,8 @@ class AEConfig:
         cfg.hidden_dims = [int(h) for h in cfg.hidden_dims]
         if not cfg.hidden_dims:
             raise CheckpointError(f"{source}: hidden_dims is empty; give at least one level")
+        if cfg.pool not in POOLS:
+            raise CheckpointError(f"{source}: pool={cfg.pool!r}; use one of {POOLS}")
         return cfg
 
 
@@ -140,11 +150,17 @@ class Encoder(nn.Module):
             ch = hidden
         self.conv_stack = nn.Sequential(*layers)
         self.final_norm = nn.Sequential(_norm(ch), nn.SiLU())
-        self.fc = nn.Linear(ch, cfg.latent_dim)
+        if cfg.pool not in POOLS:
+            raise ValueError(f"AEConfig.pool={cfg.pool!r}; use one of {POOLS}")
+        self.pool = cfg.pool
+        _, h, w = bottleneck_shape(cfg)
+        self.fc = nn.Linear(ch if cfg.pool == "mean" else ch * h * w, cfg.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.final_norm(self.conv_stack(x))  # (N, C', H', W')
-        return self.fc(h.mean(dim=(2, 3)))  # (N, D)
+        if self.pool == "mean":
+            return self.fc(h.mean(dim=(2, 3)))  # (N, D)
+        return self.fc(rearrange(h, "n c h w -> n (c h w)"))
 
 
 class Decoder(nn.Module):

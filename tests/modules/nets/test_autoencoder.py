@@ -122,3 +122,44 @@ def test_safetensors_without_metadata_is_refused(tmp_path) -> None:
     save_file({"w": torch.zeros(1)}, str(path))
     with pytest.raises(CheckpointError, match="lrag export"):
         load_embedder(path)
+
+
+def test_flatten_pool_keeps_the_layout_and_roundtrips(tmp_path) -> None:
+    cfg = AEConfig(in_channels=16, spatial_h=8, spatial_w=8, latent_dim=64, hidden_dims=[16, 32], pool="flatten")
+    model = LatentAE(cfg)
+    assert model.encoder.fc.in_features == 32 * 2 * 2  # the 2x2 bottleneck, not its mean
+    save_embedder(model, tmp_path / "e.safetensors")
+    loaded = load_embedder(tmp_path / "e.safetensors")
+    assert loaded.config.pool == "flatten"
+    x = torch.randn(3, 16, 8, 8)
+    assert torch.equal(loaded.encode(x), model.encode(x))
+
+
+def test_unknown_pool_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="pool='max'"):
+        LatentAE(AEConfig(in_channels=16, spatial_h=8, spatial_w=8, latent_dim=8, hidden_dims=[8], pool="max"))
+    with pytest.raises(CheckpointError, match="pool"):
+        AEConfig.from_dict({"pool": "max"}, "emb.pt")
+
+
+def test_flatten_pool_reconstructs_small_frames_that_mean_pool_cannot() -> None:
+    # Rank-8 frames whose channel means are zero: what tells them apart is where things are,
+    # which a mean-pooled 2x2 bottleneck loses (its MSE stays near the frames' variance, ~1.07).
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(8, 16, 8, 8, generator=gen)
+    basis = basis - basis.mean(dim=(-2, -1), keepdim=True)
+    frames = torch.einsum("nk,kchw->nchw", torch.randn(64, 8, generator=gen), basis) / 8**0.5
+    losses = {}
+    for pool in ("mean", "flatten"):
+        torch.manual_seed(0)
+        model = LatentAE(AEConfig(in_channels=16, spatial_h=8, spatial_w=8, latent_dim=64,
+                                  hidden_dims=[16, 32], pool=pool))
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(80):
+            loss = torch.nn.functional.mse_loss(model(frames)[0], frames)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[pool] = loss.item()
+    assert losses["mean"] > 0.9 * frames.var().item(), losses
+    assert losses["flatten"] < 0.7 * losses["mean"], losses
