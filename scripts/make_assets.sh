@@ -8,7 +8,7 @@
 #   6. copy both into lrag/assets/
 # Knobs (environment variables), defaults = the recipe of docs/assets.md:
 #   ACCEL=cpu|gpu  BACKBONE_STEPS=2000  BACKBONE_BATCH=8  PREDICT_WORLDS=8  PREDICT_FRAMES=120
-#   EMBEDDER_EPOCHS=10  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
+#   EMBEDDER_EPOCHS=30  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
 #   CAMERA=motion|position|none (must equal `camera:` in configs/predict/demo.yaml)
 #   BACKBONE_CKPT=<BackboneFitModule .ckpt>: skip step 1 and export this (e.g. a GPU-trained) one;
 #     FIT_CONFIG (configs/backbone/demo.yaml) names its architecture if the .ckpt records none
@@ -22,7 +22,7 @@ BACKBONE_STEPS=${BACKBONE_STEPS:-2000}
 BACKBONE_BATCH=${BACKBONE_BATCH:-8}
 PREDICT_WORLDS=${PREDICT_WORLDS:-8}
 PREDICT_FRAMES=${PREDICT_FRAMES:-120}
-EMBEDDER_EPOCHS=${EMBEDDER_EPOCHS:-10}
+EMBEDDER_EPOCHS=${EMBEDDER_EPOCHS:-30}
 WORK=${WORK:-runs/assets}
 INSTALL=${INSTALL:-1}
 CAMERA=${CAMERA:-position}
