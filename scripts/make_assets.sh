@@ -12,7 +12,9 @@
 #   CAMERA=motion|position|none (must equal `camera:` in configs/predict/demo.yaml)
 #   BACKBONE_CKPT=<BackboneFitModule .ckpt>: skip step 1 and export this (e.g. a GPU-trained) one;
 #     FIT_CONFIG (configs/backbone/demo.yaml) names its architecture if the .ckpt records none
-#   EMBEDDER_ARGS="...": extra `lrag fit` flags for the embedder (e.g. the delta_weight 0 ablation)
+#   EMBEDDER_ARGS="...": extra `lrag fit` flags for the embedder
+#   ABLATION=1 (0: skip): also fit the same embedder without the WTD term -> $WORK/embedder_nowtd.safetensors
+#     (never installed; docs/results/eval.md compares it)
 # Every step is seeded (seed_everything: 0 in the configs), so a rerun on the same hardware and
 # software writes the same files. Usage: scripts/make_assets.sh   or   make assets
 set -euo pipefail
@@ -29,6 +31,7 @@ CAMERA=${CAMERA:-position}
 BACKBONE_CKPT=${BACKBONE_CKPT:-}
 FIT_CONFIG=${FIT_CONFIG:-configs/backbone/demo.yaml}
 EMBEDDER_ARGS=${EMBEDDER_ARGS:-}
+ABLATION=${ABLATION:-1}
 LRAG=${LRAG:-lrag}
 
 cd "$(dirname "$0")/.."
@@ -76,6 +79,17 @@ emb=$(ls -t "$WORK"/embedder_world/version_*/checkpoints/last.ckpt | head -n 1)
 
 step "5/6 export $emb"
 "$LRAG" export "$emb" "$WORK/embedder_tiny.safetensors"
+
+if [[ "$ABLATION" == 1 ]]; then
+  step "5b/6 ablation: the same embedder fit without the WTD term (delta_weight 0)"
+  "$LRAG" fit --config configs/embedder/world.yaml --trainer.accelerator "$ACCEL" \
+    --trainer.max_epochs "$EMBEDDER_EPOCHS" \
+    --data.init_args.data_dir "$WORK/predict/*/latents-*.tar" \
+    --trainer.logger.init_args.save_dir "$WORK/nowtd" \
+    --model.init_args.net.init_args.config.delta_weight 0.0 $EMBEDDER_ARGS
+  "$LRAG" export "$(ls -t "$WORK"/nowtd/embedder_world/version_*/checkpoints/last.ckpt | head -n 1)" \
+    "$WORK/embedder_nowtd.safetensors"
+fi
 
 if [[ "$INSTALL" == 1 ]]; then
   step "6/6 install into lrag/assets/"

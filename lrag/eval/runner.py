@@ -44,7 +44,7 @@ from lrag.modules.schedule import FlowMatchSchedule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Variant", "load_conditioned_backbone", "run_eval", "variants"]
+__all__ = ["EvalSettings", "Variant", "candidate_frames", "generate_video", "load_conditioned_backbone", "run_eval", "variants"]
 
 
 @dataclass
@@ -168,9 +168,13 @@ def _prefix(s: EvalSettings) -> int:
     return s.frames_per_block if s.sink_mode == "blank" else 0
 
 
-def _generate(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v: Variant,
-              seed: int) -> tuple[Tensor, list[dict], float]:
-    """Generate one video; returns ``(latents [1,F,C,H,W], retrievals, frames/s)``."""
+def generate_video(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v: Variant,
+                   seed: int) -> tuple[Tensor, list[dict], float]:
+    """Generate one video of ``world`` as variant ``v``, noise seeded by ``seed``.
+
+    Returns:
+        ``(latents [1,F,C,H,W] without the blank prefix, retrievals per block, frames/s)``.
+    """
     p, dev = _prefix(s), torch.device(s.device)
     pos = torch.cat([torch.full((p, 2), math.nan), world["positions"]])[None]
     cam = torch.cat([torch.zeros(p, 2), world["camera"]])[None].to(dev)
@@ -259,16 +263,24 @@ def _score(s: EvalSettings, world: dict[str, Any], wcfg: WorldConfig, video: Ten
     return scalars, series
 
 
+def candidate_frames(s: EvalSettings, query_frame: int) -> list[int]:
+    """Video frames the memory may return for the block starting at ``query_frame``.
+
+    Frames that left the window (after the sink), minus the ``recent_exclude`` newest of them;
+    the blank prefix block is never a candidate (``RetrievalMemory.exclude_before``).
+    """
+    p = _prefix(s)
+    evicted = max(0, query_frame + p - s.window)
+    return [f - p for f in range(s.sink, s.sink + max(0, evicted - s.recent_exclude)) if f >= p]
+
+
 def _retrieval_scores(s: EvalSettings, meta: dict, retrievals: list[dict]) -> dict[str, float]:
     if not retrievals:
         return {"retrieval_precision": math.nan, "retrieval_recall": math.nan}
     metric = RetrievalPrecisionRecall(k=s.memory_size)
-    p = _prefix(s)
     got, relevant = [], []
     for r in retrievals:
-        q = r["query_frame"] + p  # global index
-        evicted = max(0, q - s.window)
-        candidates = [f - p for f in range(s.sink, s.sink + max(0, evicted - s.recent_exclude)) if f >= p]
+        candidates = candidate_frames(s, r["query_frame"])
         block = range(r["query_frame"], r["query_frame"] + s.frames_per_block)
         relevant.append(relevant_frames(meta, block, candidates))
         got.append(r["frames"] + [-1] * (s.memory_size - len(r["frames"])))
@@ -285,11 +297,11 @@ def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[Ru
     results: list[RunResult] = []
     # One unscored block first, so frames/s of the first variant carries no warm-up cost.
     warm = dataclasses.replace(s, num_frames=s.frames_per_block)
-    _generate(warm, net, render_world(s.seeds[0], warm.num_frames, wcfg), variants(s)[0], 0)
+    generate_video(warm, net, render_world(s.seeds[0], warm.num_frames, wcfg), variants(s)[0], 0)
     for seed in s.seeds:
         world = render_world(seed, s.num_frames, wcfg)
         for v in variants(s):
-            video, retrievals, fps = _generate(s, net, world, v, seed)
+            video, retrievals, fps = generate_video(s, net, world, v, seed)
             scalars, series = _score(s, world, wcfg, video, retrievals)
             scalars["frames_per_s"] = fps
             results.append(RunResult(f"world-{seed}", v.name, scalars, series, retrievals))

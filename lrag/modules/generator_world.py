@@ -2,7 +2,7 @@
 
 Sampling a camera-conditioned backbone has to repeat what training did
 (:class:`lrag.modules.backbone_fit.BackboneFitModule`) and what ``lrag eval`` does
-(:func:`lrag.eval.runner._generate`): with ``sink_mode: blank`` one block of zero frames is
+(:func:`lrag.eval.runner.generate_video`): with ``sink_mode: blank`` one block of zero frames is
 put in front of the video (given to the sampler as already-finished latents), its frames have
 no place (NaN position) and no motion, and every other frame gets the world's camera. The
 helpers here build those per-video tensors and move the sampler's block results back to video

@@ -14,7 +14,7 @@ from lrag.assets import asset_path
 from lrag.commands.export import main as export_main
 from lrag.data.world import WorldConfig
 from lrag.data.world_datamodule import render_world
-from lrag.eval.runner import EvalSettings, _generate, _prefix_latents, load_conditioned_backbone, run_eval, variants
+from lrag.eval.runner import EvalSettings, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
 from lrag.modules.backbone_fit import BackboneFitModule
 from lrag.modules.conditioning import TinyTextEncoder
 from lrag.modules.nets.tiny import build_tiny
@@ -51,6 +51,9 @@ def test_run_eval_end_to_end(tmp_path) -> None:
     # the blank prefix block (negative video indices) shows no place and is never retrieved
     cosine = next(r for r in doc["runs"] if r["variant"] == "rag-avg_pool")
     assert cosine["retrievals"] and all(f >= 0 for r in cosine["retrievals"] for f in r["frames"])
+    # the sampler's memory and the scoring agree on what could have been retrieved
+    for r in cosine["retrievals"] + oracle["retrievals"]:
+        assert set(r["frames"]) <= set(candidate_frames(s, r["query_frame"]))
     assert all(f >= 0 for r in oracle["retrievals"] for f in r["frames"])
     # same seed, same world: the two arms are identical until retrieval starts
     assert len(native["series"]["revisit_mse_by_block"]) == 24 // 3
@@ -102,6 +105,16 @@ def test_exported_file_brings_its_architecture(tmp_path) -> None:
         load_conditioned_backbone(_settings(tmp_path, seeds=[2], backbone_checkpoint=str(out)))
 
 
+def test_candidate_frames_follow_window_guard_and_prefix(tmp_path) -> None:
+    s = _settings(tmp_path)  # window 6, sink 1, R = 1, blocks of 3, blank prefix of 3
+    # block at video frame 6 = global 9: globals 1..3 evicted, R drops 3, 1..2 are blank prefix
+    assert candidate_frames(s, 6) == []
+    # block at video frame 9 = global 12: globals 1..6 evicted, R drops 6 -> video frames 0..2
+    assert candidate_frames(s, 9) == [0, 1, 2]
+    first = dataclasses.replace(s, sink_mode="first")  # no prefix: frame 0 is the sink
+    assert candidate_frames(first, 9) == [1, 2]
+
+
 def test_shipped_asset_loads_by_name(tmp_path) -> None:
     from lrag.modules.backbone_io import read_backbone_fit
 
@@ -130,6 +143,6 @@ def test_sink_swap_changes_generated_video(tmp_path) -> None:
                        revisit_min=s.revisit_min, revisit_max=s.revisit_max)
     world = render_world(1000, s.num_frames, wcfg)
     native = variants(s)[0]
-    blank, _, _ = _generate(s, net, world, native, 0)
-    swapped, _, _ = _generate(dataclasses.replace(s, sink_swap=5000), net, world, native, 0)
+    blank, _, _ = generate_video(s, net, world, native, 0)
+    swapped, _, _ = generate_video(dataclasses.replace(s, sink_swap=5000), net, world, native, 0)
     assert not torch.allclose(blank, swapped)
