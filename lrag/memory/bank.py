@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lrag.memory.retrieval import cosine_topk, num_eligible
-from lrag.modules.nets.attention import EvictedKV, MemoryKV
+from lrag.modules.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
 

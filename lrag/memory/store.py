@@ -14,30 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import time
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Sequence
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from lrag.memory.schema import (
-    DEFAULT_EMBEDDING_CAPACITY,
     RETRIEVALS_SCHEMA,
     RUN_STATUSES,
     RUNS_SCHEMA,
     SCHEMA_VERSION,
-    TABLES,
     FrameRow,
     RetrievalRow,
     RunInfo,
     RunStatus,
     SchemaVersionError,
     StoreError,
-    check_version,
     decode_run,
     frame_dict,
     frames_schema,
@@ -46,39 +39,16 @@ from lrag.memory.schema import (
     retrieval_dict,
     unpad_embeddings,
 )
+from lrag.memory.tables import StoreTables, sql_quote, with_retries
 
 __all__ = [
     "FrameRow", "MemoryStore", "RetrievalRow", "RunInfo", "SchemaVersionError", "StoreError",
 ]
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
-def sql_quote(value: str) -> str:
-    """Quote ``value`` as a SQL string literal for Lance filters."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _is_conflict(err: Exception) -> bool:
-    text = str(err).lower()
-    return any(word in text for word in ("conflict", "retryable"))
-
-
-def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
-    """Run a Lance write, retrying commit conflicts from concurrent writers with backoff."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as err:  # Lance raises plain RuntimeError/OSError on conflicts
-            if attempt == attempts - 1 or not _is_conflict(err):
-                raise
-            log.debug("store write conflict (attempt %d): %s", attempt + 1, err)
-            time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-class MemoryStore:
+class MemoryStore(StoreTables):
     """Reader and writer of one LanceDB run memory.
 
     Args:
@@ -99,73 +69,9 @@ class MemoryStore:
         index_min_rows: int = 4096,
         index_type: str = "IVF_PQ",
     ) -> None:
-        self.uri = str(uri)
-        self.embedding_capacity = embedding_capacity
+        super().__init__(uri, embedding_capacity)
         self.index_min_rows = index_min_rows
         self.index_type = index_type
-        # Interval 0: every read sees other processes' commits (two writers share one store).
-        self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
-        self._tables: dict[str, Any] = {}
-
-    # -- tables ---------------------------------------------------------------------------
-    def _open(self, name: str) -> Any | None:
-        if name in self._tables:
-            return self._tables[name]
-        if name not in self._db.list_tables().tables:
-            return None
-        table = self._db.open_table(name)
-        check_version(name, self.uri, table.schema)
-        if name == "frames":
-            capacity = table.schema.field("embedding").type.list_size
-            if self.embedding_capacity not in (None, capacity):
-                log.warning("memory store %s: frames were created with embedding capacity %d; "
-                            "ignoring embedding_capacity=%d", self.uri, capacity,
-                            self.embedding_capacity)
-            self.embedding_capacity = capacity
-        self._tables[name] = table
-        return table
-
-    def _create(self, name: str, schema: pa.Schema) -> Any:
-        table = self._open(name)
-        if table is not None:
-            return table
-        try:
-            self._db.create_table(name, schema=schema, exist_ok=True)
-        except (ValueError, OSError, RuntimeError) as err:  # another process won the race
-            log.debug("create_table(%s) raced: %s", name, err)
-        table = self._open(name)
-        if table is None:
-            raise StoreError(f"memory store {self.uri}: could not create table {name!r}")
-        return table
-
-    def _frames_table(self) -> Any:
-        if self._open("frames") is None:
-            capacity = self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY
-            try:
-                schema = frames_schema(capacity)
-            except ValueError as err:
-                raise StoreError(f"memory store {self.uri}: {err}") from err
-            return self._create("frames", schema)
-        return self._open("frames")
-
-    def scan(
-        self, name: str, where: str | None = None, columns: list[str] | None = None
-    ) -> pa.Table:
-        """All rows of table ``name`` matching the Lance filter ``where`` (empty if absent)."""
-        if name not in TABLES:
-            raise StoreError(f"unknown table {name!r}; the store has {', '.join(TABLES)}")
-        table = self._open(name)
-        if table is None:
-            schema = {"runs": RUNS_SCHEMA, "retrievals": RETRIEVALS_SCHEMA}.get(name)
-            schema = schema or frames_schema(self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY)
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        query = table.search()
-        if where is not None:
-            query = query.where(where, prefilter=True)
-        if columns is not None:
-            query = query.select(columns)
-        return query.limit(None).to_arrow()
 
     # -- runs -----------------------------------------------------------------------------
     def start_run(self, info: RunInfo) -> None:

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
 from lrag.memory.retrieval import num_eligible
-from lrag.modules.nets.attention import AttentionPolicy, KVCache, MemoryKV
+from lrag.modules.nets.attention import AttentionPolicy
+from lrag.modules.nets.kv_cache import KVCache, MemoryKV
 from lrag.modules.schedule import FlowMatchSchedule
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +24,13 @@ from torch import Tensor, nn
 
 from lrag.assets import resolve_asset
 from lrag.data.prompts import WorldSpec
-from lrag.data.run_outputs import RunOutputs, png_preview
+from lrag.data.run_outputs import RunOutputs
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.store import FrameRow, MemoryStore, RunInfo
+from lrag.memory.store import MemoryStore, RunInfo
+from lrag.modules.generator_run import VideoRun, check_resume_config
 from lrag.modules.generator_world import (blank_prefix, check_knobs, context_schedule, effective_schedule,
-                                          load_generator_weights, progress_bar, retrieval_rows, set_world,
-                                          shift_result, truncate_meta, world_from_meta)
+                                          frame_rows, load_generator_weights, progress_bar, retrieval_rows,
+                                          set_world, shift_result, truncate_meta, world_from_meta)
 from lrag.modules.nets.checkpoints import checkpoint_hash
 from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
 from lrag.modules.schedule import FlowMatchSchedule
@@ -38,31 +38,6 @@ from lrag.modules.schedule import FlowMatchSchedule
 log = logging.getLogger(__name__)
 
 __all__ = ["GeneratorModule"]
-
-#: Model knobs that change the latents; a resumed run must use the values it started with.
-_LATENT_KNOBS = ("num_frames", "frames_per_block", "window", "sink", "budget", "channels",
-                 "height", "width", "backbone", "memory", "schedule", "text_encoder",
-                 "backbone_checkpoint", "positions", "memory_position", "sink_mode",
-                 "embedder_checkpoint")
-
-
-@dataclass
-class _Run:
-    """State of one video being generated (one run in the store)."""
-
-    run_id: str
-    prompt: str
-    seed: int
-    outputs: RunOutputs
-    world: WorldSpec | None = None
-    #: Prompt switches ``[{"frame", "prompt"}]`` from frame 0 on; empty = ``prompt`` throughout.
-    schedule: list[dict] = field(default_factory=list)
-    done_blocks: int = 0
-    resume_latents: Tensor | None = None
-    frames_done: int = 0
-    seconds: float = 0.0
-    progress: Any = None
-    task: Any = None
 
 
 class GeneratorModule(L.LightningModule):
@@ -263,7 +238,7 @@ class GeneratorModule(L.LightningModule):
                 "dirs": [str(r.outputs.dir) for r in runs]}
 
     def _new_run(self, prompt: str, seed: int, world: WorldSpec | None = None,
-                 schedule: list[dict] | None = None) -> _Run:
+                 schedule: list[dict] | None = None) -> VideoRun:
         hp = self.hparams
         schedule = effective_schedule(prompt, schedule, hp.frames_per_block, hp.num_frames)
         prompt = schedule[0]["prompt"] if schedule else prompt
@@ -279,17 +254,18 @@ class GeneratorModule(L.LightningModule):
             prompts=list(dict.fromkeys(e["prompt"] for e in schedule)) or [prompt],
             prompt_schedule=schedule,
         ))
-        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
-                    schedule=schedule)
+        return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
+                        schedule=schedule)
 
-    def _resumed_run(self, run_id: str) -> _Run:
+    def _resumed_run(self, run_id: str) -> VideoRun:
         info = self._store.get_run(run_id)
         if info is None:
             raise SystemExit(f"--resume {run_id}: no such run in {self.hparams.store_uri}; "
                              "list runs with `lrag memory runs`.")
         if info["status"] == "complete":
             raise SystemExit(f"--resume {run_id}: the run is already complete.")
-        self._check_resume_config(info)
+        check_resume_config(info, self._config_yaml(),
+                            lambda: self.checkpoint_hashes()["backbone_weights"], self.hparams.out_dir)
         prompt, seed = info["prompts"][0], int(info["seed"])
         outputs = self._outputs(run_id, prompt, seed)
         done = self._store.completed_blocks(run_id)
@@ -299,31 +275,17 @@ class GeneratorModule(L.LightningModule):
         self._store.set_status(run_id, "running")
         resume = latents[None].to(self.device) if done else None
         truth = outputs.read_ground_truth()
-        return _Run(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
-                    world=world_from_meta(truth) if truth is not None else None,
-                    schedule=list(info["prompt_schedule"]), done_blocks=done, resume_latents=resume)
-
-    def _check_resume_config(self, info: dict) -> None:
-        stored = (yaml.safe_load(info["config_yaml"]) or {}).get("model", {})
-        current = (yaml.safe_load(self._config_yaml()) or {}).get("model", {})
-        stored, current = stored.get("init_args", stored), current.get("init_args", current)
-        changed = [k for k in _LATENT_KNOBS if k in stored and stored.get(k) != current.get(k)]
-        theirs = info["checkpoint_hashes"].get("backbone_weights")
-        if theirs is not None and theirs != self.checkpoint_hashes()["backbone_weights"]:
-            changed.append("backbone weights (seed_everything or backbone_checkpoint)")
-        if changed:
-            raise SystemExit(
-                f"--resume {info['run_id']}: the config differs from the run's in "
-                f"{', '.join(changed)}; resume with the config the run was started with "
-                f"(saved as {Path(self.hparams.out_dir) / info['run_id'] / 'config.yaml'})."
-            )
+        return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
+                        world=world_from_meta(truth) if truth is not None else None,
+                        schedule=list(info["prompt_schedule"]), done_blocks=done,
+                        resume_latents=resume)
 
     @property
     def prefix(self) -> int:
         """Blank frames in front of every video (``sink_mode: blank``), never persisted."""
         return self.hparams.frames_per_block if self.hparams.sink_mode == "blank" else 0
 
-    def _sampler_start(self, run: _Run) -> Tensor | None:
+    def _sampler_start(self, run: VideoRun) -> Tensor | None:
         """Latents the sampler treats as finished: the blank prefix, then resumed blocks."""
         hp, p = self.hparams, self.prefix
         set_world(self.backbone, self.memory, run.world, hp.num_frames, p, self.device)
@@ -335,7 +297,7 @@ class GeneratorModule(L.LightningModule):
         blank = blank_prefix(p, self.channels, hp.height, hp.width, self.device)
         return blank if run.resume_latents is None else torch.cat([blank, run.resume_latents], 1)
 
-    def _generate(self, run: _Run) -> Tensor:
+    def _generate(self, run: VideoRun) -> Tensor:
         store, hp, p = self._store, self.hparams, self.prefix
         sampler = ARSampler(self.backbone, self.schedule, self.memory, hp.frames_per_block,
                             hp.window, hp.sink, budget=hp.budget, positions=hp.positions,
@@ -370,7 +332,7 @@ class GeneratorModule(L.LightningModule):
         """uint8 ``[B, T, H', W', 3]`` frames of ``[B, F, C, H, W]`` latents."""
         return self.codec.decode(latents).cpu().numpy()
 
-    def _on_block(self, run: _Run, result: BlockResult) -> None:
+    def _on_block(self, run: VideoRun, result: BlockResult) -> None:
         result = shift_result(result, self.prefix, self.hparams.frames_per_block)
         if result.block < run.done_blocks:
             return  # the blank prefix or a replayed block that is already on disk
@@ -378,34 +340,13 @@ class GeneratorModule(L.LightningModule):
         location = run.outputs.write_block(result.block, result.start_frame, latents)
         frames = self._decode(result.latents)[0]
         run.outputs.write_video_frames(frames)
-        rows = self._frame_rows(run, result, location, frames)
+        rows = frame_rows(run.run_id, result, location, frames, self.memory, self.checkpoint_hashes)
         self._store.add_block(run.run_id, result.block, rows, retrieval_rows(run.run_id, result))
         run.frames_done += latents.shape[0]
         run.seconds += result.seconds
         self._log_block(run, result)
 
-    def _frame_rows(self, run: _Run, result: BlockResult, location, frames: np.ndarray
-                    ) -> list[FrameRow]:
-        f = result.latents.shape[1]
-        descriptor = "avg_pool"  # the store never compares frames of different descriptors
-        if result.descriptors is not None:
-            embeddings = result.descriptors[0].float().cpu().numpy()
-            descriptor = str(getattr(self.memory, "descriptor", descriptor))
-            if descriptor == "ae":
-                descriptor += ":" + self.checkpoint_hashes().get("embedder", "unhashed")[:12]
-        else:  # native memories may compute no descriptor: spatial mean is zero-safe
-            embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
-        # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).
-        pick = np.linspace(0, len(frames) - 1, f).round().astype(int) if f > 1 else [0]
-        return [
-            FrameRow(run_id=run.run_id, frame_index=result.start_frame + j,
-                     block_index=result.block, embedding=embeddings[j].astype(np.float32),
-                     shard=location.shard, key=location.key,
-                     preview_png=png_preview(frames[pick[j]]), descriptor=descriptor)
-            for j in range(f)
-        ]
-
-    def _log_block(self, run: _Run, result: BlockResult) -> None:
+    def _log_block(self, run: VideoRun, result: BlockResult) -> None:
         f = result.latents.shape[1]
         metrics = {"block_seconds": result.seconds,
                    "frames_per_s": f / max(result.seconds, 1e-9)}

@@ -1,4 +1,4 @@
-"""Knob checks, world conditioning and trained-weight loading for :class:`GeneratorModule`.
+"""Knob checks, world conditioning, trained-weight loading and store rows for :class:`GeneratorModule`.
 
 Sampling a camera-conditioned backbone has to repeat what training did
 (:class:`lrag.modules.backbone_fit.BackboneFitModule`) and what ``lrag eval`` does
@@ -15,22 +15,26 @@ import dataclasses
 import logging
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lrag.assets import resolve_asset
 from lrag.data.prompts import WorldSpec, check_prompt_schedule, prompt_at
+from lrag.data.run_outputs import png_preview
+from lrag.data.shards import ShardLocation
 from lrag.memory.bank import RetrievalRecord
-from lrag.memory.store import RetrievalRow
+from lrag.memory.store import FrameRow, RetrievalRow
 from lrag.modules.backbone_io import BackboneFitInfo, load_backbone_fit
 from lrag.modules.nets.checkpoints import checkpoint_hash, load_backbone_weights
 from lrag.modules.sampler import BlockResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PER_FRAME_META", "check_knobs", "context_schedule", "effective_schedule", "load_generator_weights", "progress_bar", "retrieval_rows", "set_world", "shift_result", "truncate_meta",
+__all__ = ["PER_FRAME_META", "check_knobs", "context_schedule", "effective_schedule", "frame_rows", "load_generator_weights", "progress_bar", "retrieval_rows", "set_world", "shift_result", "truncate_meta",
            "world_from_meta"]
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -150,6 +154,39 @@ def retrieval_rows(run_id: str, result: BlockResult) -> list[RetrievalRow]:
     return [RetrievalRow(run_id=run_id, block_index=result.block, query_frame=int(record.query_frame),
                          rank=rank, retrieved_frame=int(frame), score=float(score))
             for rank, (frame, score) in enumerate(zip(frames, scores))]
+
+
+def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames: np.ndarray, memory: Any,
+               checkpoint_hashes: Callable[[], dict[str, str]]) -> list[FrameRow]:
+    """Store rows of a block's frames: descriptor embedding, shard location and PNG preview.
+
+    Args:
+        run_id: The run.
+        result: The block in video coordinates (:func:`shift_result`).
+        location: Where the block's shard was written.
+        frames: The block's decoded uint8 frames ``[T, H', W', 3]``.
+        memory: The retrieval memory (its ``descriptor`` names the embedding space).
+        checkpoint_hashes: The generator's weight hashes; called only for an ``ae`` descriptor,
+            which is tagged with the embedder's hash.
+    """
+    f = result.latents.shape[1]
+    descriptor = "avg_pool"  # the store never compares frames of different descriptors
+    if result.descriptors is not None:
+        embeddings = result.descriptors[0].float().cpu().numpy()
+        descriptor = str(getattr(memory, "descriptor", descriptor))
+        if descriptor == "ae":
+            descriptor += ":" + checkpoint_hashes().get("embedder", "unhashed")[:12]
+    else:  # native memories may compute no descriptor: spatial mean is zero-safe
+        embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
+    # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).
+    pick = np.linspace(0, len(frames) - 1, f).round().astype(int) if f > 1 else [0]
+    return [
+        FrameRow(run_id=run_id, frame_index=result.start_frame + j,
+                 block_index=result.block, embedding=embeddings[j].astype(np.float32),
+                 shard=location.shard, key=location.key,
+                 preview_png=png_preview(frames[pick[j]]), descriptor=descriptor)
+        for j in range(f)
+    ]
 
 
 def blank_prefix(prefix: int, channels: int, height: int, width: int, device: torch.device) -> Tensor:

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
-from lrag.modules.nets.attention import AttentionPolicy, KVCache, MemoryKV
+from lrag.modules.nets.attention import AttentionPolicy
+from lrag.modules.nets.kv_cache import KVCache, MemoryKV
 from lrag.modules.schedule import FlowMatchSchedule
 
 __all__ = ["ARSampler", "BlockResult", "NoiseSource", "RecordedNoise", "RetrievalRecord", "SeededNoise"]

@@ -18,16 +18,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.modules.nets.attention import (
-    AttentionPolicy,
-    EvictedKV,
-    KVCache,
-    MemoryKV,
-    apply_rope,
-    attention,
-    grid_positions,
-    rope_freqs,
-)
+from lrag.modules.nets.attention import AttentionPolicy, attention
+from lrag.modules.nets.kv_cache import EvictedKV, KVCache, MemoryKV
+from lrag.modules.nets.rope import apply_rope, grid_positions, rope_freqs
 
 __all__ = ["PRESETS", "CausalWanModel", "WanConfig", "golden_tiny", "tiny", "wan_1_3b"]
 

@@ -110,3 +110,12 @@ def test_attended_length_is_constant_native_vs_rag() -> None:
         lengths[k_mem] = plan.k_freqs.shape[0] + (0 if plan.mem_freqs is None else plan.mem_freqs.shape[0])
     # native: sink + 7 local; RAG: sink + 2 retrieved + 5 local; 2 tokens per frame.
     assert lengths == {0: 16, 2: 16}
+
+
+def test_rope_and_kv_cache_names_stay_importable_from_attention() -> None:
+    from lrag.modules.nets import attention, kv_cache, rope
+
+    for module in (rope, kv_cache):
+        for name in module.__all__:
+            assert getattr(attention, name) is getattr(module, name), name
+    assert set(rope.__all__) | set(kv_cache.__all__) <= set(attention.__all__)

@@ -1,0 +1,66 @@
+"""Results of ``predict_wan.py``: throughput ratios, the Markdown table and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REFERENCE_NATIVE_FPS = 6.0  # DESIGN.md: the reference's native 1.3B bf16 throughput on one H100
+
+
+def add_ratios(runs: list[dict]) -> None:
+    """Throughput of each run relative to the native run of the same repeat and length."""
+    native = {(r["repeat"], r["frames"]): r["frames_per_s"] for r in runs if r["mode"] == "native" and r["status"] == "ok"}
+    for r in runs:
+        base = native.get((r.get("repeat"), r.get("frames")))
+        if r["status"] == "ok" and base:
+            r["throughput_vs_native"] = r["frames_per_s"] / base
+            r["retrieval_overhead_pct"] = 100.0 * (1.0 - r["throughput_vs_native"])
+            if r["mode"] == "native" and r.get("device_type") == "cuda":
+                r["native_vs_reference"] = r["frames_per_s"] / REFERENCE_NATIVE_FPS
+
+
+# (header, run key, format) of the Markdown table's columns.
+COLUMNS = [("mode", "mode", "s"), ("frames", "frames", "d"), ("latent frames/s", "frames_per_s", ".2f"),
+           ("steady frames/s (blocks >= 5)", "steady_frames_per_s", ".2f"), ("vs native", "throughput_vs_native", ".3f"),
+           ("retrieval overhead %", "retrieval_overhead_pct", ".1f"), ("ms/block (median)", "block_ms_median", ".0f"),
+           ("peak GPU GiB", "peak_gpu_gib", ".2f"), ("GPU MiB/frame", "gpu_growth_mib_per_frame", ".1f"),
+           ("host RSS MiB/frame", "host_rss_growth_mib_per_frame", ".1f"),
+           ("stored KV MiB/frame", "stored_kv_mib_per_frame", ".1f"), ("finite", "finite", ""), ("status", "status", "s")]
+
+
+def fmt(value, spec: str) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    """The results as a Markdown section (heading, environment line, one row per run)."""
+    env, cfg = result["environment"], result["config"]
+    lines = [
+        f"### predict_wan: `{cfg['preset']}` ({cfg['num_layers']} layers), {cfg['height']}x{cfg['width']} latents, "
+        f"steps {cfg['steps']}, window {cfg['window']}, sink {cfg['sink']}, K {cfg['memory_size']}, "
+        f"R {cfg['recent_exclude']}, descriptor `{cfg['descriptor']}`",
+        "",
+        f"Device: {env['gpu'] or env['device']}, torch {env['torch']}, CUDA {env['cuda']}, dtype {env['dtype']}; "
+        f"random weights; {cfg['warmup_blocks']} untimed warmup block(s) per mode.",
+        "",
+        "| " + " | ".join(c[0] for c in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(fmt(r.get(key), spec) for _, key, spec in COLUMNS) + " |" for r in result["runs"]]
+    natives = [r["native_vs_reference"] for r in result["runs"] if "native_vs_reference" in r]
+    if natives:
+        lines += ["", f"Native vs the reference's ~{REFERENCE_NATIVE_FPS:g} latent frames/s: "
+                  f"{', '.join(f'{x:.2f}x' for x in natives)} (target >= 1.2x on an H100)."]
+    lines += ["", "Targets: retrieval overhead <= 2 %, GPU + host growth <= 30 MiB per generated frame.", ""]
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(path)  # atomic: a timeout never leaves half a file

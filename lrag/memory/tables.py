@@ -1,0 +1,134 @@
+"""The LanceDB tables under a run memory: connection, opening, creation, scans, write retries.
+
+Opening a table checks its schema version (:func:`lrag.memory.schema.check_version`) and, for
+``frames``, adopts the embedding capacity it was created with. Several processes may write one
+store: creation tolerates losing the race and writes retry Lance's commit conflicts.
+:class:`lrag.memory.store.MemoryStore` builds the run-memory API on top of :class:`StoreTables`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import lancedb
+import pyarrow as pa
+
+from lrag.memory.schema import (
+    DEFAULT_EMBEDDING_CAPACITY,
+    RETRIEVALS_SCHEMA,
+    RUNS_SCHEMA,
+    TABLES,
+    StoreError,
+    check_version,
+    frames_schema,
+)
+
+__all__ = ["StoreTables", "sql_quote", "with_retries"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def sql_quote(value: str) -> str:
+    """Quote ``value`` as a SQL string literal for Lance filters."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _is_conflict(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(word in text for word in ("conflict", "retryable"))
+
+
+def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
+    """Run a Lance write, retrying commit conflicts from concurrent writers with backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # Lance raises plain RuntimeError/OSError on conflicts
+            if attempt == attempts - 1 or not _is_conflict(err):
+                raise
+            log.debug("store write conflict (attempt %d): %s", attempt + 1, err)
+            time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+class StoreTables:
+    """Lazily opened tables of one LanceDB database.
+
+    Args:
+        uri: Database folder; created on first write.
+        embedding_capacity: Embedding size of a ``frames`` table this object creates; replaced
+            by the capacity of an existing table when that is opened.
+    """
+
+    def __init__(self, uri: str | Path, embedding_capacity: int | None = None) -> None:
+        self.uri = str(uri)
+        self.embedding_capacity = embedding_capacity
+        # Interval 0: every read sees other processes' commits (two writers share one store).
+        self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+        self._tables: dict[str, Any] = {}
+
+    def _open(self, name: str) -> Any | None:
+        if name in self._tables:
+            return self._tables[name]
+        if name not in self._db.list_tables().tables:
+            return None
+        table = self._db.open_table(name)
+        check_version(name, self.uri, table.schema)
+        if name == "frames":
+            capacity = table.schema.field("embedding").type.list_size
+            if self.embedding_capacity not in (None, capacity):
+                log.warning("memory store %s: frames were created with embedding capacity %d; "
+                            "ignoring embedding_capacity=%d", self.uri, capacity,
+                            self.embedding_capacity)
+            self.embedding_capacity = capacity
+        self._tables[name] = table
+        return table
+
+    def _create(self, name: str, schema: pa.Schema) -> Any:
+        table = self._open(name)
+        if table is not None:
+            return table
+        try:
+            self._db.create_table(name, schema=schema, exist_ok=True)
+        except (ValueError, OSError, RuntimeError) as err:  # another process won the race
+            log.debug("create_table(%s) raced: %s", name, err)
+        table = self._open(name)
+        if table is None:
+            raise StoreError(f"memory store {self.uri}: could not create table {name!r}")
+        return table
+
+    def _frames_table(self) -> Any:
+        if self._open("frames") is None:
+            capacity = self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY
+            try:
+                schema = frames_schema(capacity)
+            except ValueError as err:
+                raise StoreError(f"memory store {self.uri}: {err}") from err
+            return self._create("frames", schema)
+        return self._open("frames")
+
+    def scan(
+        self, name: str, where: str | None = None, columns: list[str] | None = None
+    ) -> pa.Table:
+        """All rows of table ``name`` matching the Lance filter ``where`` (empty if absent)."""
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}; the store has {', '.join(TABLES)}")
+        table = self._open(name)
+        if table is None:
+            schema = {"runs": RUNS_SCHEMA, "retrievals": RETRIEVALS_SCHEMA}.get(name)
+            schema = schema or frames_schema(self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY)
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        query = table.search()
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        if columns is not None:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
