@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ EMBEDDER_KIND = "embedder"
 CKPT_CONFIG_KEY = "embedder_config"
 
 
-POOLS = ("mean", "flatten")
+Pool = Literal["mean", "flatten"]
+POOLS: tuple[str, ...] = get_args(Pool)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class AEConfig:
     delta_weight: float = 1.0
     delta_window: int = 3
     smooth_weight: float = 1.0
-    pool: str = "mean"
+    pool: Pool = "mean"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AEConfig":
