@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import yaml
 from einops import rearrange, reduce
 from torch import Tensor
@@ -33,6 +32,7 @@ from lrag.data.world import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import retrieval_scores
 from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, load_conditioned_backbone
+from lrag.memory.retrieval import cosine_topk
 from lrag.modules.nets.autoencoder import load_embedder
 
 Descriptor = Callable[[Tensor], Tensor]  # [T, C, H, W] -> [T, D]
@@ -49,15 +49,14 @@ def fixed_descriptors() -> dict[str, Descriptor]:
 
 
 def retrieve_offline(desc: Tensor, meta: dict, s: EvalSettings) -> tuple[list[list[int]], list[list[int]]]:
-    """Retrieved and relevant frames per block, following the sampler's candidate rule."""
-    desc = F.normalize(desc, dim=-1)
+    """Retrieved and relevant frames per block: the sampler's candidate rule and top-K cosine."""
     got, relevant = [], []
     for start in range(s.frames_per_block, desc.shape[0], s.frames_per_block):
         cands = candidate_frames(s, start)
         if not cands:
             continue
-        order = torch.argsort(desc[cands] @ desc[start - 1], descending=True, stable=True)
-        got.append([cands[i] for i in order[: s.memory_size]])
+        _, top = cosine_topk(desc[start - 1][None], desc[cands][None], min(s.memory_size, len(cands)))
+        got.append([cands[i] for i in top[0].tolist()])
         relevant.append(relevant_frames(meta, range(start, start + s.frames_per_block), cands))
     return got, relevant
 

@@ -80,6 +80,10 @@ class AEConfig:
     smooth_weight: float = 1.0
     pool: Pool = "mean"
 
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"AEConfig.pool={self.pool!r}; use one of {POOLS}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AEConfig":
         """Build from a dict that may carry extra (training-only) fields, as the reference does.
@@ -91,12 +95,13 @@ class AEConfig:
         if not isinstance(data, dict):
             raise CheckpointError(f"{source}: config must be a dict, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            cfg = cls(**{k: v for k, v in data.items() if k in names})
+        except ValueError as err:
+            raise CheckpointError(f"{source}: {err}") from err
         cfg.hidden_dims = [int(h) for h in cfg.hidden_dims]
         if not cfg.hidden_dims:
             raise CheckpointError(f"{source}: hidden_dims is empty; give at least one level")
-        if cfg.pool not in POOLS:
-            raise CheckpointError(f"{source}: pool={cfg.pool!r}; use one of {POOLS}")
         return cfg
 
 
@@ -151,8 +156,6 @@ class Encoder(nn.Module):
             ch = hidden
         self.conv_stack = nn.Sequential(*layers)
         self.final_norm = nn.Sequential(_norm(ch), nn.SiLU())
-        if cfg.pool not in POOLS:
-            raise ValueError(f"AEConfig.pool={cfg.pool!r}; use one of {POOLS}")
         self.pool = cfg.pool
         _, h, w = bottleneck_shape(cfg)
         self.fc = nn.Linear(ch if cfg.pool == "mean" else ch * h * w, cfg.latent_dim)
