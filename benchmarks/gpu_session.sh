@@ -31,7 +31,7 @@ python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE (torch.cuda.is_available() is False)")
-import lrag.memory.bank, lrag.modules.nets.wan, lrag.modules.sampler  # the benchmark's only lrag imports
+import lrag.memory.bank, lrag.nets.wan, lrag.sampling.sampler  # the benchmark's only lrag imports
 print("lrag imports ok")
 PY
 

@@ -16,9 +16,9 @@ export PYTHONPATH=/tmp/site2:/tmp/site:$PWD PYTHONUNBUFFERED=1
 LRAG=(python3 -c "import sys; from lrag.cli import main; sys.argv[0] = 'lrag'; main()")
 OV=(--model.init_args.backbone_checkpoint null --model.init_args.memory.init_args.descriptor avg_pool
     --model.init_args.memory.init_args.embedder_path null --model.init_args.memory.init_args.kv_tier device
-    --model.init_args.text_encoder lrag.modules.conditioning.TinyTextEncoder
+    --model.init_args.text_encoder lrag.nets.conditioning.TinyTextEncoder
     --model.init_args.text_encoder.text_len 512 --model.init_args.text_encoder.text_dim 4096
-    --model.init_args.codec lrag.modules.codecs.LinearRGBCodec --model.init_args.write_video false)
+    --model.init_args.codec lrag.nets.codecs.LinearRGBCodec --model.init_args.write_video false)
 for cfg in self_forcing_native self_forcing; do
   /usr/bin/time -v "${LRAG[@]}" predict --config configs/predict/$cfg.yaml "${OV[@]}" \
     --model.init_args.run_name "gpu-$cfg" > "$OUT/$cfg.log" 2>&1

@@ -51,7 +51,7 @@ log = logging.getLogger("predict_wan")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="wan_1_3b", help="lrag.modules.nets.wan.PRESETS entry")
+    p.add_argument("--preset", default="wan_1_3b", help="lrag.nets.wan.PRESETS entry")
     p.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")

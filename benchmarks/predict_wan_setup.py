@@ -60,7 +60,7 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
     at full size. Weights follow the fixture's rule (N(0, 1/fan_in), unit norm gains,
     modulation N/sqrt(dim)) so activations stay O(1) through all layers.
     """
-    from lrag.modules.nets.wan import PRESETS, CausalWanModel
+    from lrag.nets.wan import PRESETS, CausalWanModel
 
     if args.preset not in PRESETS:
         raise SystemExit(f"--preset {args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -88,7 +88,7 @@ def build_embedder(args: argparse.Namespace, in_dim: int, device: torch.device, 
     """A random frame embedder at the latent size (reference defaults otherwise) for ``--descriptor ae``."""
     if args.descriptor != "ae":
         return None
-    from lrag.modules.nets.autoencoder import AEConfig, LatentAE
+    from lrag.nets.autoencoder import AEConfig, LatentAE
 
     torch.manual_seed(args.seed)
     with torch.device(device):
@@ -104,18 +104,19 @@ def kv_bytes_per_frame(model: torch.nn.Module, args: argparse.Namespace, dtype: 
 
 def make_sampler(mode: Mode, model: torch.nn.Module, args: argparse.Namespace, embedder: torch.nn.Module | None):
     from lrag.memory.bank import RetrievalMemory
-    from lrag.modules.sampler import ARSampler
-    from lrag.modules.schedule import FlowMatchSchedule
+    from lrag.sampling.sampler import ARSampler
+    from lrag.sampling.schedule import FlowMatchSchedule
+    from lrag.sampling.settings import SamplerSettings
 
     schedule = FlowMatchSchedule(shift=args.shift, denoising_steps=args.steps, warp=True)
     memory = RetrievalMemory(mode.memory_size, args.recent_exclude, args.descriptor, None, mode.kv_tier)
     if embedder is not None:
         memory.set_embedder(embedder)
-    return ARSampler(model, schedule, memory, args.frames_per_block, args.window, args.sink)
+    return ARSampler(model, schedule, memory, SamplerSettings(args.frames_per_block, args.window, args.sink))
 
 
 def make_noise(sampler, args: argparse.Namespace, context: torch.Tensor, seed: int):
-    from lrag.modules.sampler import SeededNoise
+    from lrag.sampling.sampler import SeededNoise
 
     return SeededNoise(seed, context.shape[0], sampler.backbone.config.in_dim, args.height, args.width,
                        args.frames_per_block, device=context.device, dtype=context.dtype)

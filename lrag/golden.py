@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory
-from lrag.modules.nets.attention import AttentionPolicy
-from lrag.modules.nets.wan import CausalWanModel, WanConfig
-from lrag.modules.sampler import ARSampler, RecordedNoise
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.wan import CausalWanModel, WanConfig
+from lrag.sampling.sampler import ARSampler, RecordedNoise
+from lrag.sampling.schedule import FlowMatchSchedule
+from lrag.sampling.settings import SamplerSettings
 
 __all__ = ["Check", "compare_golden", "main"]
 
@@ -91,7 +92,7 @@ def _memory_for(golden: dict, run: str) -> RetrievalMemory:
     descriptor = golden[run]["compression_method"]
     memory = RetrievalMemory(k, ar["recent_exclude"], descriptor, kv_tier="device")
     if descriptor == "ae":
-        from lrag.modules.nets.autoencoder import embedder_from_checkpoint
+        from lrag.checkpoints.embedder import embedder_from_checkpoint
 
         ae = golden["ae"]
         memory.set_embedder(embedder_from_checkpoint({"model": ae["state_dict"], "config": ae["config"]}, "golden['ae']"))
@@ -105,8 +106,8 @@ def _ar_run(model: CausalWanModel, golden: dict, run: str) -> Iterator[Check]:
     memory = _memory_for(golden, run)
     fpb = ar["num_frame_per_block"]
     # The fixture was made on CPU, where the reference stores aliased eviction views.
-    sampler = ARSampler(model, schedule, memory, fpb, ar["local_attn_size"], ar["sink_size"],
-                        reference_cpu_alias=True)
+    settings = SamplerSettings(frames_per_block=fpb, window=ar["local_attn_size"], sink=ar["sink_size"])
+    sampler = ARSampler(model, schedule, memory, settings, reference_cpu_alias=True)
     calls: dict[int, list[Tensor]] = {}
     sampler.step_callback = lambda block, _i, _t, x0: calls.setdefault(block, []).append(x0.clone())
     noise = RecordedNoise(ref["initial_noise"], ref["renoise"], fpb, len(schedule.timesteps))

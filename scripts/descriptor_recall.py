@@ -28,12 +28,12 @@ from torch import Tensor
 
 from lrag.assets import resolve_asset
 from lrag.data.ground_truth import relevant_frames
-from lrag.data.world import WorldConfig
+from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import retrieval_scores
 from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, load_conditioned_backbone
 from lrag.memory.retrieval import cosine_topk
-from lrag.modules.nets.autoencoder import load_embedder
+from lrag.checkpoints.embedder import load_embedder
 
 Descriptor = Callable[[Tensor], Tensor]  # [T, C, H, W] -> [T, D]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrag.modules.nets.autoencoder import AEConfig, LatentAE, load_into
+from lrag.checkpoints.io import load_into
+from lrag.nets.autoencoder import AEConfig, LatentAE
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "fixtures" / "wan_reference"
 

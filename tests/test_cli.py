@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lrag.cli import main, run_lightning
 from lrag.data.shards import ShardWriter
-from lrag.modules.nets.autoencoder import load_embedder
+from lrag.checkpoints.embedder import load_embedder
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "embedder" / "demo.yaml")
 

@@ -18,7 +18,7 @@ import webdataset as wds
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lrag.cli import main
-from lrag.data.run_outputs import RunOutputs
+from lrag.runs.outputs import RunOutputs
 from lrag.data.shards import iter_clips
 from lrag.data.video import probe_video
 from lrag.memory.store import MemoryStore

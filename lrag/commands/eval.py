@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 _HELP = {
     "seeds": "World seeds to evaluate (must not be training worlds).",
     "num_frames": "Latent frames generated per world (a multiple of frames_per_block).",
-    "backbone_preset": "Tiny backbone preset (lrag.modules.nets.tiny).",
+    "backbone_preset": "Tiny backbone preset (lrag.nets.wan).",
     "backbone_checkpoint": "Backbone-fit weights: `lrag export` .safetensors, asset:<file> (shipped) or a "
                            "BackboneFitModule .ckpt; null = random initialisation of backbone_preset.",
     "backbone_fit_config": "`lrag fit` YAML of a .ckpt that records no backbone_config (older checkpoints).",

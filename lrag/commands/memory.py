@@ -33,7 +33,9 @@ from rich.table import Table
 
 from lrag.memory.sql import SQLError, run_sql
 from lrag.memory.schema import unpad_embeddings
-from lrag.memory.store import MemoryStore, StoreError, sql_quote
+from lrag.memory.schema import StoreError
+from lrag.memory.store import MemoryStore
+from lrag.memory.tables import sql_quote
 
 DEFAULT_DB = "runs/memory.lancedb"
 OutputFormat = Literal["table", "csv", "json", "parquet"]

@@ -17,7 +17,7 @@ import lightning as L
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lrag.data.world import WorldConfig
+from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 
 __all__ = ["PromptDataModule", "PromptDataset", "WorldPromptDataModule", "WorldSpec",

@@ -8,12 +8,9 @@ built from segments: loops and out-and-backs that return to their start after
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from lrag.data.world import WorldConfig
+from lrag.data.world_config import WorldConfig
 
 #: Stream tag of the trajectory's random numbers (the map uses others), so one seed gives
 #: independent map and camera path.
@@ -67,8 +64,6 @@ def make_trajectory(seed: int, frames: int, config: WorldConfig | None = None) -
     Loops and out-and-backs return to their start after ``revisit_min``–``revisit_max``
     frames; ``"mixed"`` adds travel to new places and returns to old waypoints.
     """
-    from lrag.data.world import WorldConfig  # the config lives with the world it describes
-
     cfg = config or WorldConfig()
     if frames < 1:
         raise ValueError(f"make_trajectory: frames={frames} must be >= 1.")

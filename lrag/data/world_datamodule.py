@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lrag.data.world import WorldConfig, generate_world_clip
+from lrag.data.world_config import WorldConfig
+from lrag.data.world import generate_world_clip
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,6 @@ __all__ = [
     "QualityDrift",
     "RetrievalPrecisionRecall",
     "RevisitConsistency",
-    "landmark_distances",
-    "linear_slope",
-    "retrieval_scores",
-    "revisit_errors",
-    "window_stats",
 ]
 
 

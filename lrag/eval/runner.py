@@ -6,12 +6,12 @@ backbone, noise seed, conditioning (prompt + the world's camera path) and attent
 * ``native``: ``memory_size 0`` (sliding window only);
 * ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``, or
   ``ae:<path>`` for an embedder checkpoint) or ``oracle`` (pose/field-of-view retrieval from
-  the camera path, :class:`~lrag.modules.backbone_fit.GroundTruthMemory`).
+  the camera path, :class:`~lrag.memory.oracle.GroundTruthMemory`).
 
 The generated latents are scored against the world's ground truth with the metrics of
 :mod:`lrag.eval.metrics`; :func:`lrag.eval.report.write_report` writes the A/B report.
-Generation follows training (:mod:`lrag.modules.backbone_fit`): a blank sink block is given
-as ``resume_latents`` when ``sink_mode`` is ``"blank"``.
+Generation goes through the same pieces as ``lrag predict``: :class:`SamplerSettings`, the
+blank sink block and camera of :mod:`lrag.sampling.prefix`, and :class:`ARSampler`.
 """
 
 from __future__ import annotations
@@ -28,19 +28,23 @@ import torch
 from torch import Tensor
 
 from lrag.data.ground_truth import landmark_sightings, relevant_frames, revisit_pairs
-from lrag.data.world import World, WorldConfig
+from lrag.data.world_config import WorldConfig
+from lrag.data.world import World
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import revisit_errors
 from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
 from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
-from lrag.memory.bank import RetrievalMemory
 from lrag.assets import ASSET_PREFIX, resolve_asset
-from lrag.modules.backbone_fit import CameraConditioned, GroundTruthMemory
-from lrag.modules.backbone_io import INFERENCE_KNOBS, build_conditioned, load_backbone_fit, read_backbone_fit
-from lrag.modules.conditioning import TinyTextEncoder
-from lrag.modules.nets.tiny import build_tiny
-from lrag.modules.sampler import ARSampler, SeededNoise
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.checkpoints.backbone_fit import INFERENCE_KNOBS, build_conditioned, load_backbone_fit, read_backbone_fit
+from lrag.memory.bank import RetrievalMemory
+from lrag.memory.oracle import GroundTruthMemory
+from lrag.nets.camera import CameraConditioned
+from lrag.nets.conditioning import TinyTextEncoder
+from lrag.nets.wan import build_tiny
+from lrag.sampling.prefix import blank_block, condition_on_camera
+from lrag.sampling.sampler import ARSampler, SeededNoise
+from lrag.sampling.schedule import FlowMatchSchedule
+from lrag.sampling.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,16 @@ class EvalSettings:
     out_dir: str = "runs/eval"
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        for budget in self.budgets:  # the sampler knobs are checked where they are declared
+            self.sampler_settings(budget).check_length(self.num_frames)
+
+    def sampler_settings(self, budget: str) -> SamplerSettings:
+        """The :class:`SamplerSettings` of one budget arm (the other knobs are shared)."""
+        return SamplerSettings(frames_per_block=self.frames_per_block, window=self.window, sink=self.sink,
+                               budget=budget, positions=self.positions, memory_position=self.memory_position,
+                               sink_mode=self.sink_mode)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -105,7 +119,7 @@ def load_conditioned_backbone(s: EvalSettings) -> CameraConditioned:
     """The camera-conditioned backbone, from a backbone-fit file if ``backbone_checkpoint`` is set.
 
     The file (``lrag export`` safetensors, a ``BackboneFitModule`` ``.ckpt`` or an ``asset:``
-    name) is read by :func:`lrag.modules.backbone_io.load_backbone_fit`, so it brings its own
+    name) is read by :func:`lrag.checkpoints.backbone_fit.load_backbone_fit`, so it brings its own
     architecture and is checked for camera mode, keys and shapes. Without a checkpoint the
     weights are the seeded random initialisation of ``backbone_preset`` (tests, smoke runs).
     """
@@ -150,14 +164,12 @@ def _check_heldout(s: EvalSettings, data_hp: dict[str, Any], path: Path) -> None
         )
 
 
-def _memory(s: EvalSettings, v: Variant, positions: Tensor) -> RetrievalMemory:
+def _memory(s: EvalSettings, v: Variant) -> RetrievalMemory:
     if v.descriptor is None:
         return RetrievalMemory(0, s.recent_exclude, kv_tier="device")
     if v.descriptor == "oracle":
-        mem = GroundTruthMemory(s.memory_size, s.recent_exclude, s.frames_per_block, (s.height, s.width),
-                                revisit_fraction=1.0, kv_tier="device")
-        mem.set_positions(positions)
-        return mem
+        return GroundTruthMemory(s.memory_size, s.recent_exclude, s.frames_per_block, (s.height, s.width),
+                                 revisit_fraction=1.0, kv_tier="device")
     if v.descriptor.startswith("ae:"):
         path = resolve_asset(v.descriptor[3:], f"descriptors: {v.descriptor}")
         return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", path, kv_tier="device")
@@ -165,7 +177,7 @@ def _memory(s: EvalSettings, v: Variant, positions: Tensor) -> RetrievalMemory:
 
 
 def _prefix(s: EvalSettings) -> int:
-    return s.frames_per_block if s.sink_mode == "blank" else 0
+    return s.sampler_settings(s.budgets[0]).prefix
 
 
 def generate_video(s: EvalSettings, net: CameraConditioned, world: dict[str, Any], v: Variant,
@@ -175,15 +187,13 @@ def generate_video(s: EvalSettings, net: CameraConditioned, world: dict[str, Any
     Returns:
         ``(latents [1,F,C,H,W] without the blank prefix, retrievals per block, frames/s)``.
     """
-    p, dev = _prefix(s), torch.device(s.device)
-    pos = torch.cat([torch.full((p, 2), math.nan), world["positions"]])[None]
-    cam = torch.cat([torch.zeros(p, 2), world["camera"]])[None].to(dev)
-    memory = _memory(s, v, pos)
+    settings, dev = s.sampler_settings(v.budget), torch.device(s.device)
+    p = settings.prefix
+    memory = _memory(s, v)
+    condition_on_camera(net, memory, world["positions"][None], world["camera"][None], p, dev)
     memory.exclude_before(p)
     schedule = FlowMatchSchedule(s.shift, denoising_steps=s.denoising_steps)
-    sampler = ARSampler(net, schedule, memory, s.frames_per_block, s.window, s.sink, v.budget,
-                        s.positions, s.memory_position)
-    net.set_camera(cam, pos.to(dev))
+    sampler = ARSampler(net, schedule, memory, settings)
     text = TinyTextEncoder(s.text_len, net.backbone.config.text_dim)
     context = text([world["prompt"]]).to(dev)
     noise = SeededNoise(seed, 1, s.channels, s.height, s.width, s.frames_per_block, device=dev)
@@ -209,7 +219,7 @@ def _prefix_latents(s: EvalSettings) -> Tensor:
     the model expects an empty sink: retrieved frames share the sink's temporal position, so a
     gain that depends on an empty sink disappears here.
     """
-    prefix = torch.zeros(1, _prefix(s), s.channels, s.height, s.width)
+    prefix = blank_block(1, _prefix(s), s.channels, s.height, s.width)
     if s.sink_swap is not None:
         wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
                            revisit_min=s.revisit_min, revisit_max=s.revisit_max)

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lrag.memory.retrieval import cosine_topk, num_eligible
-from lrag.modules.nets.kv_cache import EvictedKV, MemoryKV
+from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
 
@@ -148,16 +148,12 @@ class RetrievalMemory:
     def pool_size(self) -> int:
         return len(self._pool)
 
-    @property
-    def num_descriptors(self) -> int:
-        return len(self._descriptors)
-
     # -- descriptors -------------------------------------------------------------------
     def _load_embedder(self) -> nn.Module:
         if self.embedder is None:
             if self.embedder_path is None:
                 raise ValueError("RetrievalMemory(descriptor='ae') needs embedder_path (or set_embedder())")
-            from lrag.modules.nets.autoencoder import load_embedder
+            from lrag.checkpoints.embedder import load_embedder
 
             self.embedder = load_embedder(self.embedder_path).eval()
         return self.embedder

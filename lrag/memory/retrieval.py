@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["candidate_indices", "cosine_similarity", "cosine_topk", "num_eligible"]
+__all__ = ["cosine_similarity", "cosine_topk", "num_eligible"]
 
 _EPS = 1e-8  # the reference adds it to the norms (not clamps), so keep that form
 
@@ -27,11 +27,6 @@ def num_eligible(num_evicted: int, recent_exclude: int) -> int:
     if num_evicted < 0 or recent_exclude < 0:
         raise ValueError(f"num_evicted ({num_evicted}) and recent_exclude ({recent_exclude}) must be >= 0")
     return max(num_evicted - recent_exclude, 0)
-
-
-def candidate_indices(num_evicted: int, recent_exclude: int) -> range:
-    """Pool indices of the candidates (the oldest evicted frames)."""
-    return range(num_eligible(num_evicted, recent_exclude))
 
 
 def cosine_similarity(query: Tensor, candidates: Tensor) -> Tensor:

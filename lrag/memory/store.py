@@ -41,9 +41,7 @@ from lrag.memory.schema import (
 )
 from lrag.memory.tables import StoreTables, sql_quote, with_retries
 
-__all__ = [
-    "FrameRow", "MemoryStore", "RetrievalRow", "RunInfo", "SchemaVersionError", "StoreError",
-]
+__all__ = ["MemoryStore"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lrag.modules.losses import EmbedderLoss, EmbedderLossOutput
-from lrag.modules.nets.autoencoder import CKPT_CONFIG_KEY, LatentAE
+from lrag.checkpoints.embedder import CKPT_CONFIG_KEY
+from lrag.nets.autoencoder import LatentAE
 
 
 class EmbedderModule(LightningModule):
@@ -25,7 +26,7 @@ class EmbedderModule(LightningModule):
     ``AEConfig`` describes a trained embedder completely, as in the reference checkpoints.
 
     Args:
-        net: The embedder network (``class_path: lrag.modules.nets.autoencoder.LatentAE``).
+        net: The embedder network (``class_path: lrag.nets.autoencoder.LatentAE``).
         optimizer: Optimiser factory called with the parameters (default: AdamW).
         scheduler: Optional learning-rate scheduler factory called with the optimiser.
         scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.

@@ -1,6 +1,6 @@
 """``GeneratorModule``: long-video sampling under ``lrag predict``.
 
-The module is glue: the AR block loop is :class:`lrag.modules.sampler.ARSampler`; the network,
+The module is glue: the AR block loop is :class:`lrag.sampling.sampler.ARSampler`; the network,
 memory, text encoder, codec and schedule are injected by ``class_path`` from YAML. What lives
 here is *persistence*: every finished block goes to disk (shard + float32 state), to the LanceDB
 store (frames + retrievals rows) and to TensorBoard before the next block starts, so a killed
@@ -9,12 +9,14 @@ run loses no finished block and ``lrag predict ... --resume RUN_ID`` continues i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import re
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -23,21 +25,29 @@ import yaml
 from torch import Tensor, nn
 
 from lrag.assets import resolve_asset
+from lrag.checkpoints.embedder import load_embedder
+from lrag.checkpoints.generator import load_generator_weights
+from lrag.checkpoints.io import checkpoint_hash
 from lrag.data.prompts import WorldSpec
-from lrag.data.run_outputs import RunOutputs
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.store import MemoryStore, RunInfo
-from lrag.modules.generator_run import VideoRun, check_resume_config
-from lrag.modules.generator_world import (blank_prefix, check_knobs, context_schedule, effective_schedule,
-                                          frame_rows, load_generator_weights, progress_bar, retrieval_rows,
-                                          set_world, shift_result, truncate_meta, world_from_meta)
-from lrag.modules.nets.checkpoints import checkpoint_hash
-from lrag.modules.sampler import ARSampler, BlockResult, SeededNoise
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.memory.schema import RunInfo
+from lrag.memory.store import MemoryStore
+from lrag.runs.outputs import RunOutputs
+from lrag.runs.progress import progress_bar
+from lrag.runs.resume import VideoRun, check_resume_config
+from lrag.runs.rows import frame_rows, retrieval_rows, shift_result
+from lrag.runs.truth import truncate_meta, world_from_meta
+from lrag.sampling.prefix import blank_block, condition_on_camera
+from lrag.sampling.prompts import context_schedule, effective_schedule
+from lrag.sampling.sampler import ARSampler, BlockResult, SeededNoise
+from lrag.sampling.schedule import FlowMatchSchedule
+from lrag.sampling.settings import SAMPLER_KNOBS, SamplerSettings
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GeneratorModule"]
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
 class GeneratorModule(L.LightningModule):
@@ -45,24 +55,16 @@ class GeneratorModule(L.LightningModule):
 
     Args:
         backbone: Causal video DiT (``CausalWanModel`` or the tiny preset) predicting flow,
-            optionally wrapped in ``lrag.modules.backbone_fit.CameraConditioned`` (then the data
+            optionally wrapped in ``lrag.nets.camera.CameraConditioned`` (then the data
             must give each video a world: ``WorldPromptDataModule``).
         memory: Retrieval memory; ``memory_size: 0`` is the native sliding-window baseline.
         text_encoder: ``prompts -> [B, L, text_dim]`` context (``TinyTextEncoder``, umT5).
         codec: Latent -> uint8 video decoder with ``decode(latents [B,F,C,H,W])``.
         schedule: Flow-matching schedule (denoising steps, shift, context noise).
-        num_frames: Latent frames per video; a multiple of ``frames_per_block``.
-        frames_per_block: Latent frames denoised together per AR step.
-        window: Attention window in latent frames, sink included (``local_attn_size``).
-        sink: Leading frames kept in attention forever.
-        budget: ``"replace"``: retrieved frames replace local-window frames (constant
-            attention length); ``"add"``: they are attended in addition to the window.
-        positions: Temporal RoPE rule of sink/local frames (``AttentionPolicy``):
-            ``"auto" | "absolute" | "slot"``; use the backbone's training value.
-        memory_position: RoPE position of retrieved frames, ``"zero"`` (reference) or ``"slot"``.
-        sink_mode: ``"first"``: the video's first frame is the sink; ``"blank"``: one block of
-            zero frames precedes the video (as ``BackboneFitModule(sink_mode="blank")`` trained);
-            the blank block is not persisted and retrieved blank frames get negative indices.
+        sampling: Block size, window, sink, budget, position rules and sink mode of the AR
+            loop (:class:`lrag.sampling.settings.SamplerSettings`); use the backbone's training
+            values. ``None`` takes the defaults.
+        num_frames: Latent frames per video; a multiple of ``sampling.frames_per_block``.
         channels: Latent channels C; ``None`` takes the codec's ``channels``.
         height: Latent height H.
         width: Latent width W.
@@ -89,14 +91,8 @@ class GeneratorModule(L.LightningModule):
         text_encoder: nn.Module,
         codec: nn.Module,
         schedule: FlowMatchSchedule,
+        sampling: SamplerSettings | None = None,
         num_frames: int = 120,
-        frames_per_block: int = 3,
-        window: int = 12,
-        sink: int = 1,
-        budget: Literal["replace", "add"] = "replace",
-        positions: Literal["auto", "absolute", "slot"] = "auto",
-        memory_position: Literal["zero", "slot"] = "zero",
-        sink_mode: Literal["first", "blank"] = "first",
         channels: int | None = None,
         height: int = 8,
         width: int = 8,
@@ -111,8 +107,15 @@ class GeneratorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "memory", "text_encoder", "codec",
-                                          "schedule"])
-        check_knobs(num_frames, frames_per_block, window, sink, budget, run_name, sink_mode)
+                                          "schedule", "sampling"])
+        self.sampling = sampling if sampling is not None else SamplerSettings()
+        # Flat knobs in hparams, as training checkpoints record them (no dataclass pickled).
+        self.hparams.update(dataclasses.asdict(self.sampling))
+        self.sampling.check_length(num_frames, "GeneratorModule.num_frames")
+        self.sampling.policy(memory.memory_size)  # a window too small for K fails here, not mid-run
+        if run_name is not None and not _RUN_NAME.match(run_name):
+            raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
+                             "and '-' only (it becomes a directory and a shard key).")
         self.backbone, self.memory = backbone, memory
         self.text_encoder, self.codec, self.schedule = text_encoder, codec, schedule
         self.channels = channels if channels is not None else getattr(codec, "channels", None)
@@ -144,8 +147,6 @@ class GeneratorModule(L.LightningModule):
             self.backbone, path, "model.init_args.backbone_checkpoint", dict(self.hparams))
 
     def _load_embedder(self, path: str) -> None:
-        from lrag.modules.nets.autoencoder import load_embedder
-
         path = resolve_asset(path, "model.init_args.embedder_checkpoint")
         if not Path(path).is_file():
             raise FileNotFoundError(f"model.init_args.embedder_checkpoint: {path} does not exist; "
@@ -186,7 +187,8 @@ class GeneratorModule(L.LightningModule):
         for callback in trainer.callbacks if trainer is not None else []:
             if isinstance(callback, SaveConfigCallback):
                 return callback.parser.dump(callback.config, skip_none=False)
-        knobs = dict(self.hparams)
+        knobs = {k: v for k, v in self.hparams.items() if k not in SAMPLER_KNOBS}
+        knobs["sampling"] = dataclasses.asdict(self.sampling)
         for name in ("backbone", "memory", "text_encoder", "codec", "schedule"):
             obj = getattr(self, name)
             knobs[name] = {"class_path": f"{type(obj).__module__}.{type(obj).__qualname__}"}
@@ -283,25 +285,40 @@ class GeneratorModule(L.LightningModule):
     @property
     def prefix(self) -> int:
         """Blank frames in front of every video (``sink_mode: blank``), never persisted."""
-        return self.hparams.frames_per_block if self.hparams.sink_mode == "blank" else 0
+        return self.sampling.prefix
+
+    def _set_world(self, world: WorldSpec | None) -> None:
+        """Give the backbone (and a ground-truth memory) the camera of every frame of the video."""
+        camera = getattr(self.backbone, "camera", "none")
+        if world is None:
+            if camera != "none":
+                raise ValueError(
+                    f"the backbone is camera-conditioned (camera={camera!r}) and needs a camera path per "
+                    "video: use data: class_path: lrag.data.prompts.WorldPromptDataModule."
+                )
+            return
+        n = self.hparams.num_frames
+        if world.positions.shape[0] < n:
+            raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
+                             f"the video has {n}; raise data.init_args.num_frames.")
+        condition_on_camera(self.backbone, self.memory, world.positions[:n][None], world.camera[:n][None],
+                            self.prefix, self.device)
 
     def _sampler_start(self, run: VideoRun) -> Tensor | None:
         """Latents the sampler treats as finished: the blank prefix, then resumed blocks."""
         hp, p = self.hparams, self.prefix
-        set_world(self.backbone, self.memory, run.world, hp.num_frames, p, self.device)
+        self._set_world(run.world)
         self.memory.exclude_before(p)
         if run.resume_latents is not None:
             run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
         if not p:
             return run.resume_latents
-        blank = blank_prefix(p, self.channels, hp.height, hp.width, self.device)
+        blank = blank_block(1, p, self.channels, hp.height, hp.width, self.device)
         return blank if run.resume_latents is None else torch.cat([blank, run.resume_latents], 1)
 
     def _generate(self, run: VideoRun) -> Tensor:
         store, hp, p = self._store, self.hparams, self.prefix
-        sampler = ARSampler(self.backbone, self.schedule, self.memory, hp.frames_per_block,
-                            hp.window, hp.sink, budget=hp.budget, positions=hp.positions,
-                            memory_position=hp.memory_position)
+        sampler = ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
         noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
         try:
             context, switch = context_schedule(run.schedule or [{"frame": 0, "prompt": run.prompt}],

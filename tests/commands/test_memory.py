@@ -13,7 +13,8 @@ import pytest
 
 from lrag.cli import main
 from lrag.commands.memory import SQL_EXAMPLES
-from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
+from lrag.memory.schema import FrameRow, RetrievalRow, RunInfo
+from lrag.memory.store import MemoryStore
 
 DIM = 6
 CAP = 16  # raw padded width; SQL slices back to embedding_dim

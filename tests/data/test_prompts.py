@@ -58,7 +58,7 @@ def test_bad_arguments_are_rejected(tmp_path):
 # -- WorldPromptDataModule -----------------------------------------------------------------------
 def test_world_batches_carry_prompt_seed_and_trajectory():
     from lrag.data.prompts import WorldPromptDataModule
-    from lrag.data.world import WorldConfig
+    from lrag.data.world_config import WorldConfig
     from lrag.data.world_datamodule import render_world
 
     dm = WorldPromptDataModule([1000, 1001], num_frames=15, batch_size=2)

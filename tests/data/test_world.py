@@ -7,19 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from lrag.data.world import (
-    World,
-    WorldConfig,
-    conditioning_arrays,
-    generate_world_clip,
-    generate_world_clips,
-    landmark_sightings,
-    make_trajectory,
-    overlap_matrix,
-    relevant_frames,
-    revisit_pairs,
-    viewport_overlap,
-)
+from lrag.data.ground_truth import conditioning_arrays, landmark_sightings, overlap_matrix, relevant_frames, revisit_pairs, viewport_overlap
+from lrag.data.trajectory import make_trajectory
+from lrag.data.world import World, generate_world_clip, generate_world_clips
+from lrag.data.world_config import WorldConfig
 
 FRAMES = 120
 WINDOW = 12  # an attention window in latent frames; revisits must come after longer gaps

@@ -9,14 +9,9 @@ import pytest
 import torch
 
 import lrag.eval.metrics as metrics_module
-from lrag.data.world import (
-    World,
-    WorldConfig,
-    generate_world_clip,
-    landmark_sightings,
-    relevant_frames,
-    revisit_pairs,
-)
+from lrag.data.ground_truth import landmark_sightings, relevant_frames, revisit_pairs
+from lrag.data.world import World, generate_world_clip
+from lrag.data.world_config import WorldConfig
 from lrag.eval.functional import linear_slope, revisit_errors
 from lrag.eval.metrics import (
     LandmarkIdentityDrift,

@@ -12,13 +12,13 @@ from lrag.data.world_datamodule import WorldDataModule
 from lrag.eval.report import load_report
 from lrag.assets import asset_path
 from lrag.commands.export import main as export_main
-from lrag.data.world import WorldConfig
+from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.runner import EvalSettings, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
 from lrag.modules.backbone_fit import BackboneFitModule
-from lrag.modules.conditioning import TinyTextEncoder
-from lrag.modules.nets.tiny import build_tiny
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.nets.conditioning import TinyTextEncoder
+from lrag.nets.wan import build_tiny
+from lrag.sampling.schedule import FlowMatchSchedule
 
 
 def _settings(tmp_path, **kw) -> EvalSettings:
@@ -116,7 +116,7 @@ def test_candidate_frames_follow_window_guard_and_prefix(tmp_path) -> None:
 
 
 def test_shipped_asset_loads_by_name(tmp_path) -> None:
-    from lrag.modules.backbone_io import read_backbone_fit
+    from lrag.checkpoints.backbone_fit import read_backbone_fit
 
     _, info = read_backbone_fit(asset_path("backbone_tiny.safetensors"))
     net = load_conditioned_backbone(_settings(tmp_path, backbone_checkpoint="asset:backbone_tiny.safetensors",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lrag.memory.bank import RetrievalMemory
-from lrag.modules.nets.attention import EvictedKV
+from lrag.nets.kv_cache import EvictedKV
 
 
 def _evicted(frames: list[int], layers: int = 2) -> EvictedKV:

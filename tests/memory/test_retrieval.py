@@ -1,14 +1,13 @@
 import pytest
 import torch
 
-from lrag.memory.retrieval import candidate_indices, cosine_similarity, cosine_topk, num_eligible
+from lrag.memory.retrieval import cosine_similarity, cosine_topk, num_eligible
 
 
 def test_recency_exclusion_and_candidates() -> None:
     assert num_eligible(0, 1) == 0
     assert num_eligible(2, 1) == 1
     assert num_eligible(5, 5) == 0
-    assert list(candidate_indices(5, 2)) == [0, 1, 2]
     with pytest.raises(ValueError):
         num_eligible(-1, 0)
 

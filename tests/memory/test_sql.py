@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lrag.memory.sql import SQLError, SQLRefusedError, check_read_only, run_sql
-from lrag.memory.store import FrameRow, MemoryStore, RetrievalRow, RunInfo
+from lrag.memory.schema import FrameRow, RetrievalRow, RunInfo
+from lrag.memory.store import MemoryStore
 
 DIM = 4
 CAP = 8  # store capacity: DIM-dim rows are zero-padded to CAP in the raw column

@@ -22,14 +22,8 @@ from lrag.memory.schema import (
     VERSION_KEY,
     frames_schema,
 )
-from lrag.memory.store import (
-    FrameRow,
-    MemoryStore,
-    RetrievalRow,
-    RunInfo,
-    SchemaVersionError,
-    StoreError,
-)
+from lrag.memory.schema import FrameRow, RetrievalRow, RunInfo, SchemaVersionError, StoreError
+from lrag.memory.store import MemoryStore
 
 DIM = 8
 CAP = 16  # small store capacity keeps the tests fast; DIM rows are zero-padded to it

@@ -6,7 +6,7 @@ from typing import Callable
 
 import pytest
 
-from lrag.modules.codecs import LinearRGBCodec
+from lrag.nets.codecs import LinearRGBCodec
 
 
 class FailingCodec(LinearRGBCodec):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from lrag.data.world_datamodule import WorldDataModule
-from lrag.modules.backbone_fit import BackboneFitModule, CameraConditioned, GroundTruthMemory
-from lrag.modules.conditioning import TinyTextEncoder
-from lrag.modules.nets.attention import EvictedKV
-from lrag.modules.nets.tiny import build_tiny
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.memory.oracle import GroundTruthMemory
+from lrag.sampling.settings import SAMPLER_KNOBS
+from lrag.modules.backbone_fit import FIT_SAMPLING, BackboneFitModule
+from lrag.nets.camera import CameraConditioned
+from lrag.nets.conditioning import TinyTextEncoder
+from lrag.nets.kv_cache import EvictedKV
+from lrag.nets.wan import build_tiny
+from lrag.sampling.schedule import FlowMatchSchedule
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,9 @@ def batch() -> dict:
 
 def _module(**kwargs) -> BackboneFitModule:
     torch.manual_seed(0)
-    return BackboneFitModule(build_tiny(num_layers=1), TinyTextEncoder(8, 32), FlowMatchSchedule(), **kwargs)
+    sampling = dataclasses.replace(FIT_SAMPLING, **{k: kwargs.pop(k) for k in SAMPLER_KNOBS if k in kwargs})
+    return BackboneFitModule(build_tiny(num_layers=1), TinyTextEncoder(8, 32), FlowMatchSchedule(),
+                             sampling=sampling, **kwargs)
 
 
 def _fake_evict(memory: GroundTruthMemory, frames: list[int], batch: int = 1) -> None:
@@ -141,8 +147,10 @@ def test_camera_conditioning_needs_a_path() -> None:
 def test_bad_knobs_raise() -> None:
     with pytest.raises(ValueError, match="memory_exposure"):
         _module(memory_exposure=1.5)
-    with pytest.raises(ValueError, match="local frames"):
+    with pytest.raises(ValueError, match="local window .* must hold a block"):
         _module(window=3, memory_size=2)
+    with pytest.raises(ValueError, match="memory_size 2"):  # K does not fit next to a block
+        _module(window=5, memory_size=2)
 
 
 def test_index_batches_materialize_contiguous_clip_windows() -> None:

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lrag.modules.embedder import EmbedderModule
-from lrag.modules.nets.autoencoder import AEConfig, LatentAE, load_embedder
+from lrag.checkpoints.embedder import load_embedder
+from lrag.nets.autoencoder import AEConfig, LatentAE
 
 CFG = AEConfig(in_channels=4, spatial_h=8, spatial_w=8, latent_dim=16, hidden_dims=[8, 16], seq_len=4)
 

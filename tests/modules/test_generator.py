@@ -8,14 +8,15 @@ import torch
 from safetensors.torch import save_file
 
 from lrag.data.prompts import PromptDataModule
-from lrag.data.run_outputs import RunOutputs
+from lrag.runs.outputs import RunOutputs
 from lrag.memory.bank import RetrievalMemory
 from lrag.memory.store import MemoryStore
-from lrag.modules.codecs import LinearRGBCodec
-from lrag.modules.conditioning import TinyTextEncoder
+from lrag.nets.codecs import LinearRGBCodec
+from lrag.nets.conditioning import TinyTextEncoder
 from lrag.modules.generator import GeneratorModule
-from lrag.modules.nets.tiny import build_tiny
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.sampling.settings import SAMPLER_KNOBS, SamplerSettings
+from lrag.nets.wan import build_tiny
+from lrag.sampling.schedule import FlowMatchSchedule
 
 
 def _module(tmp_path, memory_size: int = 2, **knobs) -> GeneratorModule:
@@ -24,7 +25,9 @@ def _module(tmp_path, memory_size: int = 2, **knobs) -> GeneratorModule:
                 out_dir=str(tmp_path / "runs"), store_uri=str(tmp_path / "runs" / "db"),
                 run_name="t", progress=False, write_video=False)
     args.update(knobs)
+    sampling = SamplerSettings(**{k: args.pop(k) for k in SAMPLER_KNOBS if k in args})
     return GeneratorModule(
+        sampling=sampling,
         backbone=build_tiny("golden_tiny"),
         memory=RetrievalMemory(memory_size=memory_size, recent_exclude=1),
         text_encoder=TinyTextEncoder(text_len=8, text_dim=32),
@@ -41,7 +44,7 @@ def _predict(module: GeneratorModule, prompts=("a cat",), seed=0) -> list[dict]:
 
 
 @pytest.mark.parametrize("knobs, match", [
-    ({"num_frames": 10}, "multiple of frames_per_block"),
+    ({"num_frames": 10}, "multiple of sampling.frames_per_block"),
     ({"sink": 9}, "sink"),
     ({"budget": "more"}, "budget"),
     ({"run_name": "bad name"}, "run_name"),
@@ -136,14 +139,16 @@ def test_resume_refuses_changed_config_and_unknown_runs(tmp_path, failing_codec)
 
 # -- procedural worlds + camera-conditioned backbone --------------------------------------------
 def _world_module(tmp_path, camera: str = "motion", **knobs) -> GeneratorModule:
-    from lrag.modules.backbone_fit import CameraConditioned
+    from lrag.nets.camera import CameraConditioned
 
     torch.manual_seed(0)
     args = dict(num_frames=12, frames_per_block=3, window=9, sink=1, height=8, width=8,
                 out_dir=str(tmp_path / "runs"), store_uri=str(tmp_path / "runs" / "db"),
                 run_name="w", progress=False, write_video=False, positions="slot", sink_mode="blank")
     args.update(knobs)
+    sampling = SamplerSettings(**{k: args.pop(k) for k in SAMPLER_KNOBS if k in args})
     return GeneratorModule(
+        sampling=sampling,
         backbone=CameraConditioned(build_tiny("tiny"), camera),
         memory=RetrievalMemory(memory_size=2, recent_exclude=1),
         text_encoder=TinyTextEncoder(text_len=8, text_dim=32),

@@ -8,14 +8,15 @@ import torch
 
 from lrag.cli import main as lrag_main
 from lrag.data.prompts import PromptDataModule
-from lrag.data.run_outputs import RunOutputs
+from lrag.runs.outputs import RunOutputs
 from lrag.memory.bank import RetrievalMemory
 from lrag.memory.store import MemoryStore
-from lrag.modules.codecs import LinearRGBCodec
-from lrag.modules.conditioning import TinyTextEncoder
+from lrag.nets.codecs import LinearRGBCodec
+from lrag.nets.conditioning import TinyTextEncoder
 from lrag.modules.generator import GeneratorModule
-from lrag.modules.nets.tiny import build_tiny
-from lrag.modules.schedule import FlowMatchSchedule
+from lrag.sampling.settings import SAMPLER_KNOBS, SamplerSettings
+from lrag.nets.wan import build_tiny
+from lrag.sampling.schedule import FlowMatchSchedule
 
 BLOCKS, FPB = 6, 3
 
@@ -28,7 +29,8 @@ def _module(root, codec=None) -> GeneratorModule:
         text_encoder=TinyTextEncoder(text_len=8, text_dim=32),
         codec=codec or LinearRGBCodec(channels=16, upscale=2),
         schedule=FlowMatchSchedule(denoising_steps=[1000, 500]),
-        num_frames=BLOCKS * FPB, frames_per_block=FPB, window=6, sink=1, height=4, width=4,
+        sampling=SamplerSettings(frames_per_block=FPB, window=6, sink=1),
+        num_frames=BLOCKS * FPB, height=4, width=4,
         out_dir=str(root / "runs"), store_uri=str(root / "runs" / "db"), run_name="t",
         progress=False, write_video=False)
 

@@ -1,0 +1,100 @@
+"""Attention maths of the DiTs: scaled dot-product attention and RoPE over (time, row, col).
+
+The attended sequence and its positions are decided by :class:`lrag.nets.kv_cache.KVCache`
+under an :class:`lrag.nets.kv_cache.AttentionPolicy`; this module only computes.
+
+Head dims are split per axis as Wan does (``d - 4(d//6)`` time, ``2(d//6)`` row, ``2(d//6)``
+col) and rotated in float64; positions may be fractional (per-frame spatial offsets).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import Tensor
+
+__all__ = ["apply_rope", "attention", "grid_positions", "offset_grid_positions", "rope_freqs", "rope_table"]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Plain full attention on ``[B, L, heads, head_dim]`` tensors (no mask, default scale)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def _axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Real dims per RoPE axis (time, row, col): Wan's ``d - 4(d//6), 2(d//6), 2(d//6)``."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    return head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)
+
+
+def _axis_angles(pos: Tensor, dim: int, theta: float) -> Tensor:
+    inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device).div(dim))
+    if pos.ndim == 1:
+        return torch.outer(pos.to(torch.float64), inv)
+    return pos.to(torch.float64).unsqueeze(-1) * inv
+
+
+def rope_freqs(positions: Tensor, head_dim: int, theta: float = 10000.0) -> Tensor:
+    """Complex rotation factors for explicit per-token positions.
+
+    Args:
+        positions: ``[L, 3]`` (time, row, col) position of each token, or ``[B, L, 3]`` for
+            per-sample positions; fractional positions are fine (they are angles).
+        head_dim: Attention head dimension (even).
+        theta: RoPE base.
+
+    Returns:
+        ``[L, 1, head_dim // 2]`` (or ``[B, L, 1, head_dim // 2]``) complex128, columns
+        ordered time | row | col.
+    """
+    dims = _axis_dims(head_dim)
+    angles = torch.cat([_axis_angles(positions[..., i], d, theta) for i, d in enumerate(dims)], dim=-1)
+    return torch.polar(torch.ones_like(angles), angles).unsqueeze(-2)
+
+
+def rope_table(max_positions: int, head_dim: int, theta: float = 10000.0) -> Tensor:
+    """Reference-style table ``[max_positions, head_dim // 2]`` (the golden ``freqs``)."""
+    pos = torch.arange(max_positions)
+    dims = _axis_dims(head_dim)
+    angles = torch.cat([_axis_angles(pos, d, theta) for d in dims], dim=1)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate adjacent real pairs ``(2i, 2i+1)`` of ``x`` in float64.
+
+    Args:
+        x: ``[B, L, heads, head_dim]``.
+        freqs: ``[L, 1, head_dim // 2]`` or ``[B, L, 1, head_dim // 2]`` complex128 from
+            :func:`rope_freqs`.
+    """
+    b, n, h, d = x.shape
+    xc = torch.view_as_complex(x.to(torch.float64).reshape(b, n, h, d // 2, 2))
+    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
+
+
+def grid_positions(frame_positions: Tensor, height: int, width: int) -> Tensor:
+    """(time, row, col) positions ``[F*h*w, 3]`` of tokens flattened in (frame, row, col) order."""
+    f = frame_positions.numel()
+    t = frame_positions.long().view(f, 1, 1).expand(f, height, width)
+    r = torch.arange(height, device=t.device).view(1, height, 1).expand(f, height, width)
+    c = torch.arange(width, device=t.device).view(1, 1, width).expand(f, height, width)
+    return torch.stack([t, r, c], dim=-1).reshape(-1, 3)
+
+
+def offset_grid_positions(frame_positions: Tensor, offsets: Tensor, height: int, width: int) -> Tensor:
+    """Per-sample (time, row, col) positions ``[B, F*h*w, 3]`` (float64) shifted by frame offsets.
+
+    Args:
+        frame_positions: ``[F]`` temporal position of each frame.
+        offsets: ``[B, F, 2]`` (row, col) offset of each frame in token units: the camera
+            position of the frame, so that q.k sees the relative world displacement.
+        height: Token rows per frame.
+        width: Token columns per frame.
+    """
+    base = grid_positions(frame_positions, height, width).to(device=offsets.device, dtype=torch.float64)
+    shift = repeat(offsets.to(torch.float64), "b f c -> b (f t) c", t=height * width)
+    return base.unsqueeze(0) + F.pad(shift, (1, 0))
