@@ -1,4 +1,4 @@
-"""``lrag memory``: inspect run memories — runs, show, search and read-only SQL.
+"""``lrag memory``: inspect and maintain run memories — runs, show, search, SQL, compact, index.
 
 Examples::
 
@@ -6,6 +6,9 @@ Examples::
     lrag memory show RUN
     lrag memory search --run RUN --frame 12 -k 5
     lrag memory sql "SELECT block_index, avg(score) FROM retrievals GROUP BY 1" --format csv
+    lrag memory sql --file query.sql --memory-limit 4GB --threads 2 --timeout 300
+    lrag memory compact
+    lrag memory index
 
 One store holds runs of every descriptor size: ``frames.embedding`` is zero-padded to the store's
 capacity, ``frames.embedding_dim`` and ``frames.descriptor`` say what each row holds.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
+import os
 import sys
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -31,9 +36,10 @@ from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from rich.console import Console
 from rich.table import Table
 
-from lrag.memory.sql import SQLError, run_sql
-from lrag.memory.schema import unpad_embeddings
-from lrag.memory.store import MemoryStore, StoreError, sql_quote
+from lrag.memory.schema import StoreError, unpad_embeddings
+from lrag.memory.sql import SQLError, SQLLimits, run_sql
+from lrag.memory.store import DEFAULT_KEEP_VERSIONS, MemoryStore
+from lrag.memory.tables import sql_quote
 
 DEFAULT_DB = "runs/memory.lancedb"
 OutputFormat = Literal["table", "csv", "json", "parquet"]
@@ -77,7 +83,15 @@ def build_parser() -> ArgumentParser:
 
     sql = ArgumentParser(description="Run one read-only SELECT over runs, frames, retrievals.",
                          epilog=SQL_EXAMPLES)
-    sql.add_argument("query", type=str, help="A single SELECT (or WITH ... SELECT) statement.")
+    sql.add_argument("query", type=str | None, nargs="?", default=None,
+                     help="A single SELECT (or WITH ... SELECT) statement (or use --file).")
+    sql.add_argument("--file", type=str | None, default=None,
+                     help="Read the query from this file instead (long queries).")
+    sql.add_argument("--memory-limit", type=str, default="2GB",
+                     help="Memory the query engine may use, e.g. 512MB, 4GB (bare number: MiB).")
+    sql.add_argument("--threads", type=int, default=4, help="Query engine threads (> 0).")
+    sql.add_argument("--timeout", type=float, default=120.0,
+                     help="Seconds after which the query is stopped (> 0).")
     sql.add_argument("--format", type=OutputFormat, default="table",
                      help="table (terminal), csv, json (array of rows) or parquet.")
     sql.add_argument("--output", type=str | None, default=None,
@@ -100,8 +114,31 @@ def build_parser() -> ArgumentParser:
     search.add_argument("--run", type=str, required=True, help="Run id of the query frame.")
     search.add_argument("--frame", type=int, required=True, help="Frame index of the query frame.")
     search.add_argument("-k", type=int, default=10, help="Number of neighbours to list.")
+    search.add_argument("--nprobes", type=int, default=20,
+                        help="Index partitions to visit (with a vector index; more = higher recall).")
+    search.add_argument("--refine-factor", type=int, default=10,
+                        help="Re-rank k x this many index candidates with exact vectors.")
+    search.add_argument("--exact", type=bool, default=False,
+                        help="Compare with every stored frame, ignoring the vector index.")
     _db_argument(search)
     commands.add_subcommand("search", search, help="Find similar frames across all runs.")
+
+    compact = ArgumentParser(description="Merge the small fragments written per block, prune old "
+                                         "versions and update the vector index.")
+    compact.add_argument(
+        "--keep-versions", type=float, default=DEFAULT_KEEP_VERSIONS.total_seconds(),
+        help="Keep table versions younger than this many seconds, so readers that opened one "
+             "can finish; 0 keeps only the latest (only when no other process uses the store).")
+    _db_argument(compact)
+    commands.add_subcommand("compact", compact, help="Compact the store's tables.")
+
+    index = ArgumentParser(description="Build the IVF-PQ vector index on frames.embedding "
+                                       "(search then visits a few partitions, not every frame).")
+    index.add_argument("--min-rows", type=int, default=4096,
+                       help="Build only once frames has at least this many rows.")
+    index.add_argument("--force", type=bool, default=False, help="Rebuild an existing index.")
+    _db_argument(index)
+    commands.add_subcommand("index", index, help="Build the vector index for search.")
     return parser
 
 
@@ -109,7 +146,8 @@ def main(args: Sequence[str] | None = None) -> None:
     """Parse ``args`` (default ``sys.argv[1:]``) and run one ``lrag memory`` command."""
     cfg = build_parser().parse_args(list(sys.argv[1:] if args is None else args))
     sub = cfg[cfg.command]
-    handlers = {"sql": _cmd_sql, "runs": _cmd_runs, "show": _cmd_show, "search": _cmd_search}
+    handlers = {"sql": _cmd_sql, "runs": _cmd_runs, "show": _cmd_show, "search": _cmd_search,
+                "compact": _cmd_compact, "index": _cmd_index}
     try:
         handlers[cfg.command](sub)
     except (SQLError, StoreError) as err:
@@ -137,11 +175,46 @@ def _require_run(store: MemoryStore, db: str, run_id: str) -> dict:
 
 
 # -- sql --------------------------------------------------------------------------------------
+def _positive(**values: float) -> None:
+    for flag, value in values.items():
+        if not value > 0 or not math.isfinite(value):
+            name = flag.replace("_", "-")
+            raise SystemExit(f"lrag memory: --{name} must be a number > 0, got {value}.")
+
+
+def _read_query(cfg: Namespace) -> str:
+    if (cfg.query is None) == (cfg.file is None):
+        raise SystemExit("lrag memory sql: give the query either as an argument or with --file "
+                         "FILE (not both, not neither).")
+    if cfg.file is None:
+        return cfg.query
+    path = Path(cfg.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SystemExit(f"lrag memory sql: query file {path} does not exist; pass --file with "
+                         "an existing .sql file.") from None
+    except IsADirectoryError:
+        raise SystemExit(f"lrag memory sql: --file {path} is a directory; pass a file.") from None
+    except PermissionError:
+        raise SystemExit(f"lrag memory sql: permission denied reading query file {path}.") from None
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"lrag memory sql: query file {path} is not UTF-8 text ({err.reason} "
+                         f"at byte {err.start}); save it as UTF-8.") from None
+    if not text.strip():
+        raise SystemExit(f"lrag memory sql: query file {path} is empty; write one SELECT in it.")
+    return text
+
+
 def _cmd_sql(cfg: Namespace) -> None:
     if cfg.format == "parquet" and cfg.output is None:
         raise SystemExit("lrag memory sql: --format parquet writes binary data; add --output FILE.")
+    query = _read_query(cfg)
+    limits = SQLLimits(memory_limit=cfg.memory_limit, threads=cfg.threads, timeout_s=cfg.timeout)
+    # Lance sizes its decode pool from this when it first runs (a user's own setting wins).
+    os.environ.setdefault("LANCE_CPU_THREADS", str(cfg.threads))
     _open_store(cfg.db)  # a clear error for a missing store before the query runs
-    result = run_sql(cfg.db, cfg.query)
+    result = run_sql(cfg.db, query, limits)
     if cfg.format == "table":
         if cfg.output is None:
             _print_table(result, title=f"{result.num_rows} rows")
@@ -271,6 +344,7 @@ def _top_retrieved(retrievals: pa.Table, top: int) -> pa.Table:
 
 
 def _cmd_show(cfg: Namespace) -> None:
+    _positive(top=cfg.top)
     store = _open_store(cfg.db)
     run = _require_run(store, cfg.db, cfg.run)
     frames = store.frames(cfg.run, with_previews=False)
@@ -299,7 +373,9 @@ def _cmd_show(cfg: Namespace) -> None:
 
 
 def _cmd_search(cfg: Namespace) -> None:
+    _positive(k=cfg.k, nprobes=cfg.nprobes, refine_factor=cfg.refine_factor)
     store = _open_store(cfg.db)
+    store.nprobes, store.refine_factor = cfg.nprobes, cfg.refine_factor
     _require_run(store, cfg.db, cfg.run)
     where = f"run_id = {sql_quote(cfg.run)} AND frame_index = {int(cfg.frame)}"
     frames = unpad_embeddings(
@@ -311,10 +387,48 @@ def _cmd_search(cfg: Namespace) -> None:
             f"0..{done - 1}: pick --frame in that range."
         )
     descriptor = frames["descriptor"][0].as_py()
-    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k, descriptor=descriptor)
+    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k, descriptor=descriptor,
+                        exact=cfg.exact)
     rows = [{"rank": i, **{k: h[k] for k in ("run_id", "frame_index", "block_index", "score")}}
             for i, h in enumerate(hits)]
     dim = frames["embedding_dim"][0].as_py()
     _print_table(pa.Table.from_pylist(rows),
                  title=f"{len(rows)} nearest frames to {cfg.run} frame {cfg.frame} "
                        f"({descriptor}, {dim} dims)")
+    how = "exact" if cfg.exact or not store.has_index() else \
+        f"vector index, nprobes {cfg.nprobes}, refine factor {cfg.refine_factor}"
+    print(f"search: {how}")
+
+
+# -- compact / index --------------------------------------------------------------------------
+def _cmd_compact(cfg: Namespace) -> None:
+    if not cfg.keep_versions >= 0 or not math.isfinite(cfg.keep_versions):
+        raise SystemExit(f"lrag memory compact: --keep-versions must be >= 0 seconds, got "
+                         f"{cfg.keep_versions}; e.g. --keep-versions 300.")
+    store = _open_store(cfg.db)
+    before, after = store.compact(dt.timedelta(seconds=cfg.keep_versions))
+    view = Table(title=f"compacted {cfg.db}")
+    for column in ("table", "rows", "fragments before", "fragments after", "versions before",
+                   "versions after"):
+        view.add_column(column)
+    for name in after.rows:
+        view.add_row(name, str(after.rows[name]), str(before.fragments.get(name, 0)),
+                     str(after.fragments[name]), str(before.versions.get(name, 0)),
+                     str(after.versions[name]))
+    Console().print(view)
+    if after.files is not None:
+        print(f"files: {before.files} -> {after.files}")
+
+
+def _cmd_index(cfg: Namespace) -> None:
+    _positive(min_rows=cfg.min_rows)
+    store = _open_store(cfg.db)
+    store.index_min_rows = cfg.min_rows
+    rows = store.storage_stats().rows.get("frames", 0)
+    if store.has_index() and not cfg.force:
+        print(f"frames ({rows} rows) already has a vector index; --force rebuilds it.")
+    elif store.ensure_index(force=cfg.force):
+        print(f"built the {store.index_type} vector index on frames.embedding ({rows} rows).")
+    else:
+        print(f"frames has {rows} rows, fewer than --min-rows {cfg.min_rows}: no index built "
+              "(search stays exact, which is fast at this size).")
