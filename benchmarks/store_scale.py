@@ -270,17 +270,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--db", type=str, default=None,
                         help="store folder (default: a temporary one, deleted at the end)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the existing store at --db instead of building one")
     parser.add_argument("--json", type=str, default="benchmarks/results/store_scale.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["sql", "search", "compact"])
     args = parser.parse_args()
     for name in ("frames", "retrievals", "runs", "dim", "queries", "repeats", "threads"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0")
+    if args.reuse != bool(args.db and Path(args.db).exists()):
+        parser.error("--reuse needs an existing --db; without --reuse, --db must not exist yet")
     with tempfile.TemporaryDirectory(prefix="store_scale_") as tmp:
         uri = args.db or str(Path(tmp) / "memory.lancedb")
         result: dict = {"args": vars(args), "machine": f"{platform.processor() or 'cpu'}, "
                         f"{os.cpu_count()} cores", "python": platform.python_version()}
-        result["build"] = build(uri, args)
+        if args.reuse:
+            from lrag.memory.store import MemoryStore
+
+            result["build"] = {"reused": uri, "stats": MemoryStore(uri).storage_stats().__dict__}
+        else:
+            result["build"] = build(uri, args)
         print("build", json.dumps(result["build"]), flush=True)
         if "search" not in args.skip:
             result["search"] = measure_search(uri, args)

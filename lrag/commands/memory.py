@@ -16,19 +16,15 @@ capacity, ``frames.embedding_dim`` and ``frames.descriptor`` say what each row h
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import math
 import os
 import sys
 from collections import Counter, defaultdict
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from argparse import RawDescriptionHelpFormatter
 
@@ -36,6 +32,7 @@ from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from rich.console import Console
 from rich.table import Table
 
+from lrag.commands.memory_output import cell, parquet_safe, print_table, rich_table, to_csv, to_json
 from lrag.memory.schema import StoreError, unpad_embeddings
 from lrag.memory.sql import SQLError, SQLLimits, run_sql
 from lrag.memory.store import DEFAULT_KEEP_VERSIONS, MemoryStore
@@ -43,7 +40,6 @@ from lrag.memory.tables import sql_quote
 
 DEFAULT_DB = "runs/memory.lancedb"
 OutputFormat = Literal["table", "csv", "json", "parquet"]
-_MAX_LIST_ITEMS = 4  # vectors are long; the terminal table shows their head only
 SQL_EXAMPLES = """\
 frames.embedding is zero-padded to the store's capacity (default 1024); each row's true size is
 frames.embedding_dim and its embedder frames.descriptor (e.g. avg_pool, ae:<sha12>). Examples:
@@ -217,106 +213,19 @@ def _cmd_sql(cfg: Namespace) -> None:
     result = run_sql(cfg.db, query, limits)
     if cfg.format == "table":
         if cfg.output is None:
-            _print_table(result, title=f"{result.num_rows} rows")
+            print_table(result, title=f"{result.num_rows} rows")
             return
         with open(cfg.output, "w", encoding="utf-8") as handle:
-            Console(file=handle, width=200).print(_rich_table(result))
+            Console(file=handle, width=200).print(rich_table(result))
     elif cfg.format == "parquet":
-        pq.write_table(_parquet_safe(result), cfg.output)
+        pq.write_table(parquet_safe(result), cfg.output)
     else:
-        text = _to_csv(result) if cfg.format == "csv" else _to_json(result)
+        text = to_csv(result) if cfg.format == "csv" else to_json(result)
         if cfg.output is None:
             sys.stdout.write(text)
             return
         Path(cfg.output).write_text(text, encoding="utf-8")
     print(f"wrote {result.num_rows} rows to {cfg.output}")
-
-
-def _is_nested(type_: pa.DataType) -> bool:
-    return pa.types.is_list(type_) or pa.types.is_fixed_size_list(type_) or \
-        pa.types.is_large_list(type_) or pa.types.is_struct(type_) or pa.types.is_map(type_)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode()
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):  # DuckDB sums of integers are HUGEINT -> decimal
-        return int(value) if value == value.to_integral_value() else float(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
-def _to_json(table: pa.Table) -> str:
-    # One row per line: readable, and still a single valid JSON array.
-    rows = [json.dumps(_jsonable(row), default=str) for row in table.to_pylist()]
-    return "[\n" + ",\n".join(rows) + "\n]\n"
-
-
-def _to_csv(table: pa.Table) -> str:
-    # CSV has no nested or binary cells: vectors and lists become JSON, bytes base64.
-    columns = {}
-    for name, column in zip(table.column_names, table.columns, strict=False):
-        if _is_nested(column.type):
-            columns[name] = pa.array([None if v is None else json.dumps(_jsonable(v))
-                                      for v in column.to_pylist()], pa.string())
-        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            columns[name] = pa.array([None if v is None else _jsonable(v)
-                                      for v in column.to_pylist()], pa.string())
-        else:
-            columns[name] = column
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(pa.table(columns) if columns else table, sink)
-    return sink.getvalue().to_pybytes().decode()
-
-
-def _parquet_safe(table: pa.Table) -> pa.Table:
-    # DuckDB names list children "" which Parquet writers reject; cast to standard item names.
-    fields = []
-    for f in table.schema:
-        if pa.types.is_fixed_size_list(f.type):
-            f = f.with_type(pa.list_(f.type.value_type, f.type.list_size))
-        elif pa.types.is_list(f.type):
-            f = f.with_type(pa.list_(f.type.value_type))
-        fields.append(f)
-    return table.cast(pa.schema(fields))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        head = ", ".join(_cell(v) for v in value[:_MAX_LIST_ITEMS])
-        more = f", … ({len(value)})" if len(value) > _MAX_LIST_ITEMS else ""
-        return f"[{head}{more}]"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def _rich_table(table: pa.Table, title: str | None = None) -> Table:
-    view = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    return view
-
-
-def _print_table(table: pa.Table, title: str | None = None) -> None:
-    Console().print(_rich_table(table, title))
 
 
 # -- runs / show / search ---------------------------------------------------------------------
@@ -329,7 +238,7 @@ def _cmd_runs(cfg: Namespace) -> None:
     if not rows:
         print(f"no runs in {cfg.db}")
         return
-    _print_table(pa.Table.from_pylist(rows), title=f"{len(rows)} runs in {cfg.db}")
+    print_table(pa.Table.from_pylist(rows), title=f"{len(rows)} runs in {cfg.db}")
 
 
 def _top_retrieved(retrievals: pa.Table, top: int) -> pa.Table:
@@ -351,7 +260,7 @@ def _cmd_show(cfg: Namespace) -> None:
     retrievals = store.retrievals(cfg.run)
     plot = Path(cfg.db).parent / cfg.run / "retrievals.png"
     summary = {
-        "run": run["run_id"], "status": run["status"], "created": _cell(run["created"]),
+        "run": run["run_id"], "status": run["status"], "created": cell(run["created"]),
         "backbone": run["backbone"], "seed": run["seed"],
         "prompts": " | ".join(run["prompts"] or []),
         "prompt schedule": "; ".join(f"{e['frame']}: {e['prompt']}" for e in run["prompt_schedule"]) or "-",
@@ -369,7 +278,7 @@ def _cmd_show(cfg: Namespace) -> None:
     console = Console()
     console.print(view)
     if retrievals.num_rows:
-        console.print(_rich_table(_top_retrieved(retrievals, cfg.top), "most retrieved frames"))
+        console.print(rich_table(_top_retrieved(retrievals, cfg.top), "most retrieved frames"))
 
 
 def _cmd_search(cfg: Namespace) -> None:
@@ -392,7 +301,7 @@ def _cmd_search(cfg: Namespace) -> None:
     rows = [{"rank": i, **{k: h[k] for k in ("run_id", "frame_index", "block_index", "score")}}
             for i, h in enumerate(hits)]
     dim = frames["embedding_dim"][0].as_py()
-    _print_table(pa.Table.from_pylist(rows),
+    print_table(pa.Table.from_pylist(rows),
                  title=f"{len(rows)} nearest frames to {cfg.run} frame {cfg.frame} "
                        f"({descriptor}, {dim} dims)")
     how = "exact" if cfg.exact or not store.has_index() else \

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-from lancedb.index import IvfFlat, IvfPq
+from lancedb.index import Bitmap, BTree, IvfFlat, IvfPq
 
 from lrag.memory.schema import (
     RETRIEVALS_SCHEMA,
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: Versions younger than this survive compaction, so a reader that opened one (a SQL query, a
 #: concurrent run) can finish; longer than the SQL timeout's default.
 DEFAULT_KEEP_VERSIONS = timedelta(minutes=5)
+#: Scalar indexes built with the vector index: B-tree for many values, bitmap for few.
+_SCALAR_INDICES = {
+    "frames": {"run_id": BTree, "descriptor": Bitmap, "embedding_dim": Bitmap},
+    "retrievals": {"run_id": BTree},
+}
 
 
 class MemoryStore(StoreTables):
@@ -281,6 +286,9 @@ class MemoryStore(StoreTables):
     def ensure_index(self, force: bool = False) -> bool:
         """Build the cosine ANN index once ``frames`` has ``index_min_rows`` rows.
 
+        Scalar indexes come with it: ``run_id`` of ``frames`` and ``retrievals`` (block writes,
+        resume and SQL filter by run) and ``descriptor``/``embedding_dim`` (search's filter).
+
         Args:
             force: Rebuild even if an index already exists (e.g. after many appends).
 
@@ -308,8 +316,20 @@ class MemoryStore(StoreTables):
         else:
             raise StoreError(f"index_type {self.index_type!r} is not one of IVF_PQ, IVF_FLAT")
         log.info("building %s index on %d frames (dim %d)", self.index_type, rows, dim)
-        table.create_index("embedding", config=config, replace=True)
+        with_retries(lambda: table.create_index("embedding", config=config, replace=True))
+        self._ensure_scalar_indices(force)
         return True
+
+    def _ensure_scalar_indices(self, force: bool) -> None:
+        for name, columns in _SCALAR_INDICES.items():
+            table = self._open(name)
+            if table is None:
+                continue
+            have = {c for idx in table.list_indices() for c in idx.columns}
+            for column, kind in columns.items():
+                if force or column not in have:
+                    with_retries(lambda t=table, c=column, k=kind: t.create_index(
+                        c, config=k(), replace=True))
 
     def search(
         self,
@@ -351,21 +371,25 @@ class MemoryStore(StoreTables):
         descriptor = descriptor if descriptor is not None else self._only_descriptor(dim)
         if descriptor is None:
             return []
-        where = f"embedding_dim = {dim} AND descriptor = {sql_quote(descriptor)}"
-        if run_id is not None:
-            where += f" AND run_id = {sql_quote(run_id)}"
+        space = f"embedding_dim = {dim} AND descriptor = {sql_quote(descriptor)}"
+        where = space if run_id is None else f"{space} AND run_id = {sql_quote(run_id)}"
+        indexed = not exact and self.has_index()
+        # An indexed search with a prefilter resolves it over every row (~4x its cost at 1 M
+        # frames); when every frame shares the query's space, the usual one-embedder store,
+        # filtering the results instead is the same and cheap. Counting uses the scalar index.
+        prefilter = not indexed or run_id is not None or table.count_rows(f"NOT ({space})") > 0
         query = (
             table.search(pad_vector(query_vec, self.embedding_capacity),
                          vector_column_name="embedding")
             .distance_type("cosine")
-            .where(where, prefilter=True)
+            .where(where, prefilter=prefilter)
             .select(["run_id", "frame_index", "block_index", "embedding_dim", "descriptor",
                      "_distance"])
             .limit(k)
         )
         if exact:
             query = query.bypass_vector_index()
-        elif self.has_index():
+        elif indexed:
             query = query.nprobes(self.nprobes).refine_factor(self.refine_factor)
         rows = query.to_arrow().to_pylist()
         for row in rows:

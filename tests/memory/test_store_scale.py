@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 from datetime import timedelta
 
@@ -109,6 +112,8 @@ def test_indexed_search_recall_at_10_against_exact(tmp_path):
     assert not store.has_index()
     store.compact(keep_versions=timedelta(0))  # builds the index: the table is large enough
     assert store.has_index()
+    indexed = {c for idx in store._open("frames").list_indices() for c in idx.columns}
+    assert indexed == {"embedding", "run_id", "descriptor", "embedding_dim"}
     queries = vectors[rng.choice(4000, 40, replace=False)] + \
         0.3 * rng.standard_normal((40, 32)).astype(np.float32)
     recalls = []
@@ -123,3 +128,32 @@ def test_indexed_search_recall_at_10_against_exact(tmp_path):
     sims = vectors @ q / np.linalg.norm(vectors, axis=1)
     exact = store.search(queries[0], k=10, exact=True)
     assert [h["frame_index"] for h in exact] == np.argsort(-sims)[:10].tolist()
+
+
+@pytest.mark.slow
+def test_compaction_while_another_process_writes_loses_no_rows(tmp_path):
+    uri = tmp_path / "memory.lancedb"
+    MemoryStore(uri, embedding_capacity=16).start_run(RunInfo("seed", "", "tiny", {}, [], 0, 0))
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from lrag.memory.schema import FrameRow, RetrievalRow, RunInfo
+        from lrag.memory.store import MemoryStore
+        s = MemoryStore({str(uri)!r})
+        s.start_run(RunInfo("w", "", "tiny", {{}}, [], 0, 36))
+        for b in range(12):
+            s.add_block("w", b, [FrameRow("w", 3 * b + i, b, np.full({DIM}, b + i + 1.0),
+                                          "s", "k") for i in range(3)],
+                        [RetrievalRow("w", b, 3 * b, 0, 0, 0.5)])
+    """)
+    writer = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    store = MemoryStore(uri)
+    compactions = 0
+    while writer.poll() is None:
+        store.compact()
+        compactions += 1
+    assert writer.returncode == 0, writer.stderr.read().decode()
+    store.compact(keep_versions=timedelta(0))
+    assert compactions >= 1
+    assert store.frames("w")["frame_index"].to_pylist() == list(range(36))
+    assert store.retrievals("w").num_rows == 12 and store.completed_blocks("w") == 12
+    assert store.get_run("w")["frames_done"] == 36
