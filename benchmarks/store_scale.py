@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -153,16 +152,21 @@ def _sql_copy(uri: str, query: str) -> pa.Table:
     return con.sql(query).to_arrow_table()
 
 
-def _rss_mib() -> float:
-    """Current resident set size of this process (Linux)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mib(key: str) -> float:
+    """A memory line of /proc/self/status (Linux), in MiB: VmRSS now, VmHWM the peak.
+
+    Not ``ru_maxrss``: it survives exec, so a child would report its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
 
 
 def _sql_worker(path: str, uri: str, query: str, threads: int) -> None:
     from lrag.memory.sql import SQLLimits, run_sql
 
-    base = _rss_mib()
+    base = _status_mib("VmRSS")
     start = time.perf_counter()
     if path == "copy":
         result = _sql_copy(uri, query)
@@ -171,7 +175,7 @@ def _sql_worker(path: str, uri: str, query: str, threads: int) -> None:
                                                timeout_s=600))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "rows": result.num_rows,
-                      "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_mib": _status_mib("VmHWM"),
                       "rss_after_imports_mib": base}))
 
 
