@@ -1,4 +1,4 @@
-"""``lrag memory``: inspect run memories — runs, show, search and read-only SQL.
+"""``lrag memory``: inspect and maintain run memories — runs, show, search, SQL, compact, index.
 
 Examples::
 
@@ -6,6 +6,9 @@ Examples::
     lrag memory show RUN
     lrag memory search --run RUN --frame 12 -k 5
     lrag memory sql "SELECT block_index, avg(score) FROM retrievals GROUP BY 1" --format csv
+    lrag memory sql --file query.sql --memory-limit 4GB --threads 2 --timeout 300
+    lrag memory compact
+    lrag memory index
 
 One store holds runs of every descriptor size: ``frames.embedding`` is zero-padded to the store's
 capacity, ``frames.embedding_dim`` and ``frames.descriptor`` say what each row holds.
@@ -13,17 +16,15 @@ capacity, ``frames.embedding_dim`` and ``frames.descriptor`` say what each row h
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
+import math
+import os
 import sys
 from collections import Counter, defaultdict
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from argparse import RawDescriptionHelpFormatter
 
@@ -31,15 +32,14 @@ from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from rich.console import Console
 from rich.table import Table
 
-from lrag.memory.sql import SQLError, run_sql
-from lrag.memory.schema import unpad_embeddings
-from lrag.memory.schema import StoreError
-from lrag.memory.store import MemoryStore
+from lrag.commands.memory_output import cell, parquet_safe, print_table, rich_table, to_csv, to_json
+from lrag.memory.schema import StoreError, unpad_embeddings
+from lrag.memory.sql import SQLError, SQLLimits, run_sql
+from lrag.memory.store import DEFAULT_KEEP_VERSIONS, MemoryStore
 from lrag.memory.tables import sql_quote
 
 DEFAULT_DB = "runs/memory.lancedb"
 OutputFormat = Literal["table", "csv", "json", "parquet"]
-_MAX_LIST_ITEMS = 4  # vectors are long; the terminal table shows their head only
 SQL_EXAMPLES = """\
 frames.embedding is zero-padded to the store's capacity (default 1024); each row's true size is
 frames.embedding_dim and its embedder frames.descriptor (e.g. avg_pool, ae:<sha12>). Examples:
@@ -79,7 +79,15 @@ def build_parser() -> ArgumentParser:
 
     sql = ArgumentParser(description="Run one read-only SELECT over runs, frames, retrievals.",
                          epilog=SQL_EXAMPLES)
-    sql.add_argument("query", type=str, help="A single SELECT (or WITH ... SELECT) statement.")
+    sql.add_argument("query", type=str | None, nargs="?", default=None,
+                     help="A single SELECT (or WITH ... SELECT) statement (or use --file).")
+    sql.add_argument("--file", type=str | None, default=None,
+                     help="Read the query from this file instead (long queries).")
+    sql.add_argument("--memory-limit", type=str, default="2GB",
+                     help="Memory the query engine may use, e.g. 512MB, 4GB (bare number: MiB).")
+    sql.add_argument("--threads", type=int, default=4, help="Query engine threads (> 0).")
+    sql.add_argument("--timeout", type=float, default=120.0,
+                     help="Seconds after which the query is stopped (> 0).")
     sql.add_argument("--format", type=OutputFormat, default="table",
                      help="table (terminal), csv, json (array of rows) or parquet.")
     sql.add_argument("--output", type=str | None, default=None,
@@ -102,8 +110,31 @@ def build_parser() -> ArgumentParser:
     search.add_argument("--run", type=str, required=True, help="Run id of the query frame.")
     search.add_argument("--frame", type=int, required=True, help="Frame index of the query frame.")
     search.add_argument("-k", type=int, default=10, help="Number of neighbours to list.")
+    search.add_argument("--nprobes", type=int, default=20,
+                        help="Index partitions to visit (with a vector index; more = higher recall).")
+    search.add_argument("--refine-factor", type=int, default=10,
+                        help="Re-rank k x this many index candidates with exact vectors.")
+    search.add_argument("--exact", type=bool, default=False,
+                        help="Compare with every stored frame, ignoring the vector index.")
     _db_argument(search)
     commands.add_subcommand("search", search, help="Find similar frames across all runs.")
+
+    compact = ArgumentParser(description="Merge the small fragments written per block, prune old "
+                                         "versions and update the vector index.")
+    compact.add_argument(
+        "--keep-versions", type=float, default=DEFAULT_KEEP_VERSIONS.total_seconds(),
+        help="Keep table versions younger than this many seconds, so readers that opened one "
+             "can finish; 0 keeps only the latest (only when no other process uses the store).")
+    _db_argument(compact)
+    commands.add_subcommand("compact", compact, help="Compact the store's tables.")
+
+    index = ArgumentParser(description="Build the IVF-PQ vector index on frames.embedding "
+                                       "(search then visits a few partitions, not every frame).")
+    index.add_argument("--min-rows", type=int, default=4096,
+                       help="Build only once frames has at least this many rows.")
+    index.add_argument("--force", type=bool, default=False, help="Rebuild an existing index.")
+    _db_argument(index)
+    commands.add_subcommand("index", index, help="Build the vector index for search.")
     return parser
 
 
@@ -111,7 +142,8 @@ def main(args: Sequence[str] | None = None) -> None:
     """Parse ``args`` (default ``sys.argv[1:]``) and run one ``lrag memory`` command."""
     cfg = build_parser().parse_args(list(sys.argv[1:] if args is None else args))
     sub = cfg[cfg.command]
-    handlers = {"sql": _cmd_sql, "runs": _cmd_runs, "show": _cmd_show, "search": _cmd_search}
+    handlers = {"sql": _cmd_sql, "runs": _cmd_runs, "show": _cmd_show, "search": _cmd_search,
+                "compact": _cmd_compact, "index": _cmd_index}
     try:
         handlers[cfg.command](sub)
     except (SQLError, StoreError) as err:
@@ -139,113 +171,61 @@ def _require_run(store: MemoryStore, db: str, run_id: str) -> dict:
 
 
 # -- sql --------------------------------------------------------------------------------------
+def _positive(**values: float) -> None:
+    for flag, value in values.items():
+        if not value > 0 or not math.isfinite(value):
+            name = flag.replace("_", "-")
+            raise SystemExit(f"lrag memory: --{name} must be a number > 0, got {value}.")
+
+
+def _read_query(cfg: Namespace) -> str:
+    if (cfg.query is None) == (cfg.file is None):
+        raise SystemExit("lrag memory sql: give the query either as an argument or with --file "
+                         "FILE (not both, not neither).")
+    if cfg.file is None:
+        return cfg.query
+    path = Path(cfg.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SystemExit(f"lrag memory sql: query file {path} does not exist; pass --file with "
+                         "an existing .sql file.") from None
+    except IsADirectoryError:
+        raise SystemExit(f"lrag memory sql: --file {path} is a directory; pass a file.") from None
+    except PermissionError:
+        raise SystemExit(f"lrag memory sql: permission denied reading query file {path}.") from None
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"lrag memory sql: query file {path} is not UTF-8 text ({err.reason} "
+                         f"at byte {err.start}); save it as UTF-8.") from None
+    if not text.strip():
+        raise SystemExit(f"lrag memory sql: query file {path} is empty; write one SELECT in it.")
+    return text
+
+
 def _cmd_sql(cfg: Namespace) -> None:
     if cfg.format == "parquet" and cfg.output is None:
         raise SystemExit("lrag memory sql: --format parquet writes binary data; add --output FILE.")
+    query = _read_query(cfg)
+    limits = SQLLimits(memory_limit=cfg.memory_limit, threads=cfg.threads, timeout_s=cfg.timeout)
+    # Lance sizes its decode pool from this when it first runs (a user's own setting wins).
+    os.environ.setdefault("LANCE_CPU_THREADS", str(cfg.threads))
     _open_store(cfg.db)  # a clear error for a missing store before the query runs
-    result = run_sql(cfg.db, cfg.query)
+    result = run_sql(cfg.db, query, limits)
     if cfg.format == "table":
         if cfg.output is None:
-            _print_table(result, title=f"{result.num_rows} rows")
+            print_table(result, title=f"{result.num_rows} rows")
             return
         with open(cfg.output, "w", encoding="utf-8") as handle:
-            Console(file=handle, width=200).print(_rich_table(result))
+            Console(file=handle, width=200).print(rich_table(result))
     elif cfg.format == "parquet":
-        pq.write_table(_parquet_safe(result), cfg.output)
+        pq.write_table(parquet_safe(result), cfg.output)
     else:
-        text = _to_csv(result) if cfg.format == "csv" else _to_json(result)
+        text = to_csv(result) if cfg.format == "csv" else to_json(result)
         if cfg.output is None:
             sys.stdout.write(text)
             return
         Path(cfg.output).write_text(text, encoding="utf-8")
     print(f"wrote {result.num_rows} rows to {cfg.output}")
-
-
-def _is_nested(type_: pa.DataType) -> bool:
-    return pa.types.is_list(type_) or pa.types.is_fixed_size_list(type_) or \
-        pa.types.is_large_list(type_) or pa.types.is_struct(type_) or pa.types.is_map(type_)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode()
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):  # DuckDB sums of integers are HUGEINT -> decimal
-        return int(value) if value == value.to_integral_value() else float(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
-def _to_json(table: pa.Table) -> str:
-    # One row per line: readable, and still a single valid JSON array.
-    rows = [json.dumps(_jsonable(row), default=str) for row in table.to_pylist()]
-    return "[\n" + ",\n".join(rows) + "\n]\n"
-
-
-def _to_csv(table: pa.Table) -> str:
-    # CSV has no nested or binary cells: vectors and lists become JSON, bytes base64.
-    columns = {}
-    for name, column in zip(table.column_names, table.columns, strict=False):
-        if _is_nested(column.type):
-            columns[name] = pa.array([None if v is None else json.dumps(_jsonable(v))
-                                      for v in column.to_pylist()], pa.string())
-        elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-            columns[name] = pa.array([None if v is None else _jsonable(v)
-                                      for v in column.to_pylist()], pa.string())
-        else:
-            columns[name] = column
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(pa.table(columns) if columns else table, sink)
-    return sink.getvalue().to_pybytes().decode()
-
-
-def _parquet_safe(table: pa.Table) -> pa.Table:
-    # DuckDB names list children "" which Parquet writers reject; cast to standard item names.
-    fields = []
-    for f in table.schema:
-        if pa.types.is_fixed_size_list(f.type):
-            f = f.with_type(pa.list_(f.type.value_type, f.type.list_size))
-        elif pa.types.is_list(f.type):
-            f = f.with_type(pa.list_(f.type.value_type))
-        fields.append(f)
-    return table.cast(pa.schema(fields))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bytes, bytearray)):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        head = ", ".join(_cell(v) for v in value[:_MAX_LIST_ITEMS])
-        more = f", … ({len(value)})" if len(value) > _MAX_LIST_ITEMS else ""
-        return f"[{head}{more}]"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def _rich_table(table: pa.Table, title: str | None = None) -> Table:
-    view = Table(title=title, show_lines=False)
-    for name in table.column_names:
-        view.add_column(name, overflow="fold")
-    for row in table.to_pylist():
-        view.add_row(*(_cell(v) for v in row.values()))
-    return view
-
-
-def _print_table(table: pa.Table, title: str | None = None) -> None:
-    Console().print(_rich_table(table, title))
 
 
 # -- runs / show / search ---------------------------------------------------------------------
@@ -258,7 +238,7 @@ def _cmd_runs(cfg: Namespace) -> None:
     if not rows:
         print(f"no runs in {cfg.db}")
         return
-    _print_table(pa.Table.from_pylist(rows), title=f"{len(rows)} runs in {cfg.db}")
+    print_table(pa.Table.from_pylist(rows), title=f"{len(rows)} runs in {cfg.db}")
 
 
 def _top_retrieved(retrievals: pa.Table, top: int) -> pa.Table:
@@ -273,13 +253,14 @@ def _top_retrieved(retrievals: pa.Table, top: int) -> pa.Table:
 
 
 def _cmd_show(cfg: Namespace) -> None:
+    _positive(top=cfg.top)
     store = _open_store(cfg.db)
     run = _require_run(store, cfg.db, cfg.run)
     frames = store.frames(cfg.run, with_previews=False)
     retrievals = store.retrievals(cfg.run)
     plot = Path(cfg.db).parent / cfg.run / "retrievals.png"
     summary = {
-        "run": run["run_id"], "status": run["status"], "created": _cell(run["created"]),
+        "run": run["run_id"], "status": run["status"], "created": cell(run["created"]),
         "backbone": run["backbone"], "seed": run["seed"],
         "prompts": " | ".join(run["prompts"] or []),
         "prompt schedule": "; ".join(f"{e['frame']}: {e['prompt']}" for e in run["prompt_schedule"]) or "-",
@@ -297,11 +278,13 @@ def _cmd_show(cfg: Namespace) -> None:
     console = Console()
     console.print(view)
     if retrievals.num_rows:
-        console.print(_rich_table(_top_retrieved(retrievals, cfg.top), "most retrieved frames"))
+        console.print(rich_table(_top_retrieved(retrievals, cfg.top), "most retrieved frames"))
 
 
 def _cmd_search(cfg: Namespace) -> None:
+    _positive(k=cfg.k, nprobes=cfg.nprobes, refine_factor=cfg.refine_factor)
     store = _open_store(cfg.db)
+    store.nprobes, store.refine_factor = cfg.nprobes, cfg.refine_factor
     _require_run(store, cfg.db, cfg.run)
     where = f"run_id = {sql_quote(cfg.run)} AND frame_index = {int(cfg.frame)}"
     frames = unpad_embeddings(
@@ -313,10 +296,48 @@ def _cmd_search(cfg: Namespace) -> None:
             f"0..{done - 1}: pick --frame in that range."
         )
     descriptor = frames["descriptor"][0].as_py()
-    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k, descriptor=descriptor)
+    hits = store.search(frames["embedding"][0].as_py(), k=cfg.k, descriptor=descriptor,
+                        exact=cfg.exact)
     rows = [{"rank": i, **{k: h[k] for k in ("run_id", "frame_index", "block_index", "score")}}
             for i, h in enumerate(hits)]
     dim = frames["embedding_dim"][0].as_py()
-    _print_table(pa.Table.from_pylist(rows),
+    print_table(pa.Table.from_pylist(rows),
                  title=f"{len(rows)} nearest frames to {cfg.run} frame {cfg.frame} "
                        f"({descriptor}, {dim} dims)")
+    how = "exact" if cfg.exact or not store.has_index() else \
+        f"vector index, nprobes {cfg.nprobes}, refine factor {cfg.refine_factor}"
+    print(f"search: {how}")
+
+
+# -- compact / index --------------------------------------------------------------------------
+def _cmd_compact(cfg: Namespace) -> None:
+    if not cfg.keep_versions >= 0 or not math.isfinite(cfg.keep_versions):
+        raise SystemExit(f"lrag memory compact: --keep-versions must be >= 0 seconds, got "
+                         f"{cfg.keep_versions}; e.g. --keep-versions 300.")
+    store = _open_store(cfg.db)
+    before, after = store.compact(dt.timedelta(seconds=cfg.keep_versions))
+    view = Table(title=f"compacted {cfg.db}")
+    for column in ("table", "rows", "fragments before", "fragments after", "versions before",
+                   "versions after"):
+        view.add_column(column)
+    for name in after.rows:
+        view.add_row(name, str(after.rows[name]), str(before.fragments.get(name, 0)),
+                     str(after.fragments[name]), str(before.versions.get(name, 0)),
+                     str(after.versions[name]))
+    Console().print(view)
+    if after.files is not None:
+        print(f"files: {before.files} -> {after.files}")
+
+
+def _cmd_index(cfg: Namespace) -> None:
+    _positive(min_rows=cfg.min_rows)
+    store = _open_store(cfg.db)
+    store.index_min_rows = cfg.min_rows
+    rows = store.storage_stats().rows.get("frames", 0)
+    if store.has_index() and not cfg.force:
+        print(f"frames ({rows} rows) already has a vector index; --force rebuilds it.")
+    elif store.ensure_index(force=cfg.force):
+        print(f"built the {store.index_type} vector index on frames.embedding ({rows} rows).")
+    else:
+        print(f"frames has {rows} rows, fewer than --min-rows {cfg.min_rows}: no index built "
+              "(search stays exact, which is fast at this size).")

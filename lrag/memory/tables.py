@@ -9,8 +9,10 @@ store: creation tolerates losing the race and writes retry Lance's commit confli
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -28,7 +30,7 @@ from lrag.memory.schema import (
     frames_schema,
 )
 
-__all__ = ["StoreTables", "sql_quote", "with_retries"]
+__all__ = ["StorageStats", "StoreTables", "sql_quote", "with_retries"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -55,6 +57,25 @@ def with_retries(fn: Callable[[], _T], attempts: int = 8) -> _T:
             log.debug("store write conflict (attempt %d): %s", attempt + 1, err)
             time.sleep(0.05 * (2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+@dataclass
+class StorageStats:
+    """How a store lies on disk: per table rows, fragments and versions, and the file count."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    fragments: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    #: Files under the store folder; None for a store that is not a local folder (object store).
+    files: int | None = None
+
+    def summary(self) -> str:
+        """One line per table, then the file count."""
+        lines = [f"{name}: {self.rows[name]} rows, {self.fragments[name]} fragments, "
+                 f"{self.versions[name]} versions" for name in self.rows]
+        if self.files is not None:
+            lines.append(f"files: {self.files}")
+        return "\n".join(lines)
 
 
 class StoreTables:
@@ -132,3 +153,28 @@ class StoreTables:
             query = query.select(columns)
         return query.limit(None).to_arrow()
 
+    def lance_dataset(self, name: str) -> Any | None:
+        """Table ``name`` as a pylance ``LanceDataset`` at its latest version (None if absent).
+
+        For lazy scans that push columns and filters down (:mod:`lrag.memory.sql`); the
+        dataset is a snapshot: rows committed after this call are not seen through it.
+        """
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}; the store has {', '.join(TABLES)}")
+        table = self._open(name)
+        return None if table is None else table.to_lance()
+
+    def storage_stats(self) -> StorageStats:
+        """Rows, fragments and versions of every table, and the files of a local store."""
+        stats = StorageStats()
+        for name in TABLES:
+            table = self._open(name)
+            if table is None:
+                continue
+            info = table.stats()
+            stats.rows[name] = int(info["num_rows"])
+            stats.fragments[name] = int(info["fragment_stats"]["num_fragments"])
+            stats.versions[name] = len(table.list_versions())
+        if os.path.isdir(self.uri):
+            stats.files = sum(len(files) for _, _, files in os.walk(self.uri))
+        return stats

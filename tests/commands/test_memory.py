@@ -152,3 +152,83 @@ def test_sql_help_examples_run(db, capsys):
         assert rows, query
         if "vec" in rows[0]:
             assert {len(r["vec"]) for r in rows} == {DIM}
+
+
+# -- sql limits and --file, compact, index ----------------------------------------------------
+def test_sql_reads_the_query_from_a_file(db, tmp_path, capsys):
+    query = tmp_path / "query.sql"
+    query.write_text("-- blocks of alpha\nSELECT block_index, count(*) AS n\nFROM frames\n"
+                     "WHERE run_id = 'alpha'\nGROUP BY 1 ORDER BY 1\n", encoding="utf-8")
+    main(["memory", "sql", "--file", str(query), "--db", db, "--format", "json"])
+    assert json.loads(capsys.readouterr().out) == [{"block_index": b, "n": 2} for b in range(4)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--file", "{tmp}/missing.sql"], "query file .*missing.sql does not exist"),
+    (["--file", "{tmp}"], "is a directory"),
+    (["--file", "{tmp}/empty.sql"], "is empty"),
+    (["--file", "{tmp}/latin1.sql"], "not UTF-8"),
+    (["SELECT 1", "--file", "{tmp}/empty.sql"], "either as an argument or with --file"),
+    ([], "either as an argument or with --file"),
+    (["SELECT 1", "--memory-limit", "0"], "memory limit '0' must be > 0"),
+    (["SELECT 1", "--memory-limit=-5MB"], "not a size"),
+    (["SELECT 1", "--threads", "0"], "threads must be an int > 0"),
+    (["SELECT 1", "--timeout", "0"], "timeout must be"),
+    (["SELECT 1", "--timeout", "-3"], "timeout must be"),
+])
+def test_sql_bad_file_or_limits_get_one_line(db, tmp_path, args, message):
+    (tmp_path / "empty.sql").write_text("  \n")
+    (tmp_path / "latin1.sql").write_bytes("SELECT 'café'".encode("latin-1"))
+    argv = ["memory", "sql", *[a.format(tmp=tmp_path) for a in args], "--db", db]
+    with pytest.raises(SystemExit, match=message) as info:
+        main(argv)
+    assert "Traceback" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sql_limits_are_enforced(db):
+    with pytest.raises(SystemExit, match="memory limit of 4MB.*--memory-limit"):
+        main(["memory", "sql", "SELECT count(DISTINCT range) FROM range(20000000)",
+              "--memory-limit", "4MB", "--db", db])
+    with pytest.raises(SystemExit, match="timeout of 0.2 s"):
+        main(["memory", "sql", "SELECT count(*) FROM frames a, range(100000000) b, "
+              "range(1000) c WHERE a.frame_index + b.range + c.range < 0",
+              "--timeout", "0.2", "--threads", "1", "--db", db])
+
+
+def test_compact_merges_fragments_and_keeps_rows(db, capsys):
+    count = "SELECT (SELECT count(*) FROM frames) AS f, (SELECT count(*) FROM retrievals) AS q"
+    main(["memory", "sql", count, "--db", db, "--format", "json"])
+    before = json.loads(capsys.readouterr().out)
+    main(["memory", "compact", "--keep-versions", "0", "--db", db])
+    out = capsys.readouterr().out
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+            for ln in out.splitlines() if ln.count("│") == 7}
+    assert rows["frames"][:3] == ["16", "8", "1"]  # 16 rows, 8 fragments -> 1
+    assert int(rows["frames"][4]) == 1 < int(rows["frames"][3])
+    files = re.search(r"files: (\d+) -> (\d+)", out)
+    assert files and int(files.group(2)) < int(files.group(1))
+    main(["memory", "sql", count, "--db", db, "--format", "json"])
+    assert json.loads(capsys.readouterr().out) == before
+    with pytest.raises(SystemExit, match="--keep-versions must be >= 0"):
+        main(["memory", "compact", "--keep-versions", "-1", "--db", db])
+
+
+def test_index_and_search_flags(db, capsys):
+    main(["memory", "index", "--db", db])
+    assert "fewer than --min-rows 4096: no index built" in capsys.readouterr().out
+    main(["memory", "index", "--min-rows", "8", "--db", db])
+    assert "built the IVF_PQ vector index on frames.embedding (16 rows)" in capsys.readouterr().out
+    main(["memory", "index", "--min-rows", "8", "--db", db])
+    assert "already has a vector index" in capsys.readouterr().out
+    main(["memory", "search", "--run", "beta", "--frame", "5", "-k", "3", "--db", db])
+    out = capsys.readouterr().out
+    assert "search: vector index, nprobes 20" in out and "beta" in out
+    main(["memory", "search", "--run", "beta", "--frame", "5", "-k", "3", "--exact", "true",
+          "--db", db])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "│" in ln]
+    assert [c.strip() for c in lines[0].split("│")][1:4] == ["0", "beta", "5"]
+    for flag in ("-k", "--nprobes", "--refine-factor"):
+        with pytest.raises(SystemExit, match=f"--{flag.lstrip('-')} must be a number > 0"):
+            main(["memory", "search", "--run", "beta", "--frame", "5", flag, "0", "--db", db])
+    with pytest.raises(SystemExit, match="--min-rows must be a number > 0"):
+        main(["memory", "index", "--min-rows", "0", "--db", db])
