@@ -85,6 +85,21 @@ def _check_npy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, where: str)
                                 f"needs {expected}; the shard is corrupt, re-create it.")
 
 
+def _check_end_marker(tar: tarfile.TarFile, path: str) -> None:
+    """A complete tar ends with zero blocks; without one it was cut at a member boundary.
+
+    tarfile (and so WebDataset) treats the end of the file as the end of the archive, so a shard
+    cut exactly between two samples reads as a shorter, valid shard. A member header is never
+    all zeros, so one zero block after the last member proves nothing was cut off.
+    """
+    handle = tar.fileobj
+    handle.seek(tar.offset)
+    block = handle.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        raise LatentFormatError(f"{path}: no end-of-archive marker after byte {tar.offset}; the "
+                                "shard was cut short (samples after it are lost), re-create it.")
+
+
 def verify_shard(path: str | os.PathLike) -> int:
     """Check one shard's structure without decoding the latents; returns its number of clips.
 
@@ -124,6 +139,7 @@ def verify_shard(path: str | os.PathLike) -> int:
                 if not isinstance(meta, dict):
                     raise LatentFormatError(f"{where}: JSON is a {type(meta).__name__}, expected "
                                             "an object of metadata fields.")
+        _check_end_marker(tar, path)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise LatentFormatError(f"{path}: truncated or corrupt tar ({err}); re-create it.") \
             from err
