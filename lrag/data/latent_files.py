@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -77,9 +78,12 @@ def _load_pt(path: Path, head: bytes) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message is a page of advice; keep only the refused global, if it names one.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (refused global {found.group(1)})" if found else ""
         raise LatentFormatError(
-            f"{path}: refused by torch.load(weights_only=True): it holds pickled Python objects "
-            f"({str(err).splitlines()[-1][:120]}); {_SAVE_HINT['.pt']}.") from err
+            f"{path}: holds pickled Python objects{what}, which torch.load(weights_only=True) "
+            f"never runs; {_SAVE_HINT['.pt']}.") from err
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise LatentFormatError(f"{path}: corrupt torch.save file ({first}); re-save or re-copy "

@@ -72,6 +72,8 @@ def _decode_file(path: Path) -> Iterator[np.ndarray]:
     if path.is_dir():
         raise VideoFormatError(f"{path}: is a directory, not a video file; rename it or move it "
                                "out of SRC.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise VideoFormatError(f"{path}: empty file (0 bytes); re-copy it or pass --skip-bad.")
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.video:
@@ -84,8 +86,10 @@ def _decode_file(path: Path) -> Iterator[np.ndarray]:
     except (av.error.FFmpegError, OSError, ValueError) as err:
         if isinstance(err, VideoFormatError):
             raise
-        raise VideoFormatError(f"{path}: not a readable video ({err}); re-encode or re-copy it, "
-                               "or pass --skip-bad to leave it out.") from err
+        # FFmpeg's text repeats the path and an errno; its strerror alone says what failed.
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VideoFormatError(f"{path}: not a readable video ({reason}); re-encode or re-copy "
+                               "it, or pass --skip-bad to leave it out.") from err
 
 
 def iter_frames(source: VideoSource, stride: int = 1) -> Iterator[np.ndarray]:
