@@ -214,7 +214,7 @@ def _import_latents(cfg: Namespace, src: Path) -> ImportReport:
 
 
 def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
-    from lrag.data.vae_encode import WanVideoEncoder
+    from lrag.data.vae_encode import WanVideoEncoder, resolve_device
     from lrag.data.video_import import (
         VideoImportSettings,
         check_settings,
@@ -236,13 +236,14 @@ def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
         raise SystemExit(f"lrag data import: no videos (.mp4/.webm/.mkv/.mov/.avi or folders of "
                          f".png frames) under {src}.")
     check_destination(cfg.dst, cfg.prefix, cfg.overwrite)
+    device = resolve_device(opts["device"])
     # Every source is decoded once before the VAE is loaded: a bad file fails in seconds.
     plans, skipped = plan_videos(sources, settings, cfg.skip_bad)
     report = ImportReport(skipped=[path for path, _ in skipped])
     if not plans:
         raise SystemExit(f"lrag data import: all {len(sources)} video(s) under {src} are bad; "
                          "nothing written.")
-    encoder = WanVideoEncoder.from_folder(cfg.vae, device=opts["device"], dtype=opts["vae_dtype"])
+    encoder = WanVideoEncoder.from_folder(cfg.vae, device=str(device), dtype=opts["vae_dtype"])
     print(f"encoding {len(plans)} video(s) at {settings.width}x{settings.height} with the VAE in "
           f"{cfg.vae} on {encoder.device}:")
     for plan in plans:

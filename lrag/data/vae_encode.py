@@ -47,10 +47,23 @@ def _vae_folder(path: Path) -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the first CUDA GPU when there is one, else the CPU."""
+    """``"auto"`` -> the first CUDA GPU when there is one, else the CPU.
+
+    Raises:
+        VAELoadError: an unknown device string, or a CUDA device that is not there.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise VAELoadError(f"--device {device!r}: not a device; use auto, cpu, cuda or "
+                           "cuda:N.") from err
+    if resolved.type == "cuda" and (not torch.cuda.is_available() or
+                                    (resolved.index or 0) >= torch.cuda.device_count()):
+        raise VAELoadError(f"--device {device}: no such CUDA GPU visible "
+                           f"({torch.cuda.device_count()} found); use auto or cpu.")
+    return resolved
 
 
 class WanVideoEncoder:

@@ -86,6 +86,8 @@ def test_video_flags_are_checked_before_any_work(video_dir, tiny_vae_dir, tmp_pa
         (["--height", "32"], "--height only apply to video import"),
         (["--vae", str(tiny_vae_dir), "--channels", "16"], "--channels applies to latent files"),
         (["--vae", str(tmp_path / "nowhere"), "--skip-bad"], "nowhere: not a folder"),
+        (["--vae", str(tiny_vae_dir), "--device", "gpu"], "--device 'gpu': not a device"),
+        (["--vae", str(tiny_vae_dir), "--device", "cuda:7"], "--device cuda:7: no such CUDA GPU"),
     ]
     for extra, needle in cases:
         with pytest.raises(SystemExit) as err:
