@@ -1,36 +1,43 @@
 """``lrag data``: make, import and inspect latent shard sets.
 
     lrag data synth DST --clips N --frames T [--kind patterns|world] ...
-    lrag data import SRC DST [--channels 16] [--skip-bad]
-    lrag data inspect PATH [--json]
+    lrag data import SRC DST [--channels 16] [--skip-bad]                 (.pt/.npy latents)
+    lrag data import SRC DST --vae PATH [--height 480 --width 832] ...    (videos, Wan VAE)
+    lrag data inspect PATH [--json] [--skip-bad]
+
+``synth`` and ``import`` write into a hidden sibling of DST and swap the new shards in only when
+everything succeeded (:mod:`lrag.data.staging`): a failed or interrupted run leaves DST as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 from jsonargparse import ArgumentParser, Namespace
 
-from lrag.data.shards import (
-    LatentFormatError,
-    ShardWriter,
-    iter_clips,
-    resolve_shards,
-    validate_latents,
-)
+from lrag.data.latent_files import LATENT_SUFFIXES, load_latent_file
+from lrag.data.shard_check import check_shards
+from lrag.data.shards import LatentFormatError, ShardWriter, iter_clips, resolve_shards
+from lrag.data.staging import StagingError, check_destination, staged_shard_dir
 from lrag.data.synthetic import KINDS, SYNTH_FPS, synth_clips
 
 log = logging.getLogger(__name__)
 
-LATENT_SUFFIXES = (".pt", ".npy")
+#: Channels a latent file must have unless --channels says otherwise (Wan2.1's VAE: 16).
+LATENT_CHANNELS = 16
+
+#: Video-import flags: (flag, attribute, default). ``None`` on the parser tells "not given"
+#: apart from the default, so a latent import can refuse flags it would ignore.
+VIDEO_FLAGS = (("--height", "height", 480), ("--width", "width", 832),
+               ("--clip-frames", "clip_frames", 0), ("--frame-stride", "frame_stride", 1),
+               ("--device", "device", "auto"), ("--vae-dtype", "vae_dtype", "float32"))
 
 
 def _common_output_args(parser: ArgumentParser) -> None:
@@ -38,7 +45,28 @@ def _common_output_args(parser: ArgumentParser) -> None:
     parser.add_argument("--prefix", type=str, default="latents",
                         help="Shard file-name prefix: DST/{prefix}-{index:06d}.tar.")
     parser.add_argument("--overwrite", action="store_true",
-                        help="Delete DST's existing {prefix}-*.tar shards first (else refuse).")
+                        help="Replace DST's existing {prefix}-*.tar shards (only once the new set "
+                             "is complete); without it such shards make the command refuse.")
+
+
+def _add_video_args(imp: ArgumentParser) -> None:
+    imp.add_argument("--vae", type=str | None, default=None,
+                     help="Local diffusers AutoencoderKLWan folder (or a Wan checkout with vae/): "
+                          "import videos (.mp4/.webm/.mkv/.mov/.avi, PNG-frame folders) instead "
+                          "of latent files.")
+    imp.add_argument("--height", type=int | None, default=None,
+                     help="Videos: pixel height the VAE sees (multiple of 8; default 480).")
+    imp.add_argument("--width", type=int | None, default=None,
+                     help="Videos: pixel width (multiple of 8; default 832). Frames are scaled to "
+                          "cover height x width, then centre-cropped.")
+    imp.add_argument("--clip-frames", type=int | None, default=None,
+                     help="Videos: latent frames per clip; 0 (default) = one clip per video.")
+    imp.add_argument("--frame-stride", type=int | None, default=None,
+                     help="Videos: keep every N-th source frame (default 1).")
+    imp.add_argument("--device", type=str | None, default=None,
+                     help="Videos: auto (GPU when present, default), cpu, cuda, cuda:1, ...")
+    imp.add_argument("--vae-dtype", type=Literal["float32", "bfloat16", "float16"] | None,
+                     default=None, help="Videos: VAE weight dtype (default float32).")
 
 
 def build_parser() -> ArgumentParser:
@@ -60,69 +88,82 @@ def build_parser() -> ArgumentParser:
     _common_output_args(synth)
     subcommands.add_subcommand("synth", synth, help="Write procedural latent clips.")
 
-    imp = ArgumentParser(description="Turn a folder of .pt/.npy latent tensors [T,C,H,W] into "
-                                     "shards; .pt files load with torch.load(weights_only=True).")
-    imp.add_argument("src", type=str, help="Folder searched recursively for *.pt and *.npy.")
+    imp = ArgumentParser(description="Turn a folder of .pt/.npy latent tensors [T,C,H,W] (or, "
+                                     "with --vae, of videos) into shards; .pt files load with "
+                                     "torch.load(weights_only=True).")
+    imp.add_argument("src", type=str, help="Folder searched recursively for inputs.")
     imp.add_argument("dst", type=str, help="Output folder for the shards.")
-    imp.add_argument("--channels", type=int, default=16, help="Required latent channels C.")
+    imp.add_argument("--channels", type=int | None, default=None,
+                     help="Latent files: required latent channels C (default 16; with --vae the "
+                          "VAE decides).")
     imp.add_argument("--fps", type=float, default=float(SYNTH_FPS),
-                     help="Frames per second recorded in each clip's metadata.")
+                     help="Latent files: frames per second recorded in each clip's metadata. "
+                          "Videos: frame rate of PNG-frame folders (video files state their own).")
     imp.add_argument("--skip-bad", action="store_true",
-                     help="Log and skip bad files instead of stopping at the first one.")
+                     help="Name and skip bad files instead of stopping at the first one.")
+    _add_video_args(imp)
     _common_output_args(imp)
-    subcommands.add_subcommand("import", imp, help="Import .pt/.npy latent files.")
+    subcommands.add_subcommand("import", imp, help="Import latent files or videos.")
 
     inspect = ArgumentParser(description="Counts, shapes, dtype and value stats of a shard set.")
     inspect.add_argument("path", type=str, help="Folder of shards, glob, or one .tar.")
     inspect.add_argument("--json", action="store_true",
                          help="Print the summary as JSON instead of a table.")
+    inspect.add_argument("--skip-bad", action="store_true",
+                         help="Leave out empty/truncated/corrupt shards with a warning naming "
+                              "each (default: stop with an error naming the first).")
     subcommands.add_subcommand("inspect", inspect, help="Summarise a shard set.")
     return parser
 
 
-def _prepare_dst(dst: str, prefix: str, overwrite: bool) -> None:
-    folder = Path(dst)
-    existing = sorted(folder.glob(f"{prefix}-*.tar")) if folder.is_dir() else []
-    if existing and not overwrite:
-        raise SystemExit(f"{dst} already holds {len(existing)} '{prefix}-*.tar' shard(s); "
-                         "pass --overwrite to replace them or choose another folder/--prefix.")
-    for path in existing:
-        path.unlink()
+def _refuse(command: str, flag: str, value: object, rule: str) -> None:
+    raise SystemExit(f"lrag data {command}: {flag} {value}: {rule}.")
+
+
+def _check_output_flags(command: str, cfg: Namespace) -> None:
+    if cfg.shard_size < 1:
+        _refuse(command, "--shard-size", cfg.shard_size, "must be >= 1 clip per shard")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", cfg.prefix):
+        _refuse(command, "--prefix", repr(cfg.prefix), "use letters, digits, '_' or '-' only")
+
+
+def _check_synth_flags(cfg: Namespace) -> None:
+    for flag, value in (("--clips", cfg.clips), ("--frames", cfg.frames),
+                        ("--channels", cfg.channels), ("--height", cfg.height),
+                        ("--width", cfg.width)):
+        if value < 1:
+            _refuse("synth", flag, value, "must be >= 1")
+    if cfg.seed < 0:
+        _refuse("synth", "--seed", cfg.seed, "must be >= 0")
+    _check_output_flags("synth", cfg)
+
+
+def _check_import_flags(cfg: Namespace) -> None:
+    if cfg.channels is not None and cfg.channels < 1:
+        _refuse("import", "--channels", cfg.channels, "must be >= 1")
+    if not math.isfinite(cfg.fps) or cfg.fps <= 0:
+        _refuse("import", "--fps", cfg.fps, "must be a finite number > 0")
+    _check_output_flags("import", cfg)
+    given = [flag for flag, attr, _ in VIDEO_FLAGS if cfg[attr] is not None]
+    if cfg.vae is None and given:
+        raise SystemExit(f"lrag data import: {', '.join(given)} only apply to video import; pass "
+                         "--vae PATH to encode videos, or drop them for latent files.")
+    if cfg.vae is not None and cfg.channels is not None:
+        raise SystemExit("lrag data import: --channels applies to latent files only; with --vae "
+                         "the VAE decides the channels.")
 
 
 def run_synth(cfg: Namespace) -> list[str]:
     """Write ``cfg.clips`` procedural clips; returns the shard names."""
-    _prepare_dst(cfg.dst, cfg.prefix, cfg.overwrite)
+    _check_synth_flags(cfg)
     clips = synth_clips(cfg.kind, cfg.clips, cfg.frames, cfg.channels, cfg.height, cfg.width,
                         cfg.seed)
-    with ShardWriter(cfg.dst, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-        for key, latents, meta in clips:
-            writer.write(key, latents, meta)
+    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
+        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
+            for key, latents, meta in clips:
+                writer.write(key, latents, meta)
     print(f"wrote {cfg.clips} clips in {len(writer.shards)} shard(s) to {cfg.dst}")
     return writer.shards
-
-
-def load_latent_file(path: Path) -> np.ndarray:
-    """Load one ``.npy`` (no pickles) or ``.pt`` (``weights_only=True``, a single tensor).
-
-    Raises:
-        LatentFormatError: unreadable file, pickled objects, or not a single tensor.
-    """
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as err:
-        raise LatentFormatError(
-            f"{path}: cannot load with weights_only=True ({str(err).splitlines()[0]}); the file "
-            "holds pickled Python objects. Re-save the latents with torch.save(tensor).") from err
-    except (ValueError, OSError, EOFError) as err:
-        raise LatentFormatError(f"{path}: unreadable ({err}); expected a numpy .npy array "
-                                "saved without pickles (np.save(path, arr)).") from err
-    if not isinstance(obj, torch.Tensor):
-        raise LatentFormatError(f"{path}: holds a {type(obj).__name__}, expected a single tensor "
-                                "[T, C, H, W]; save it with torch.save(latents).")
-    return validate_latents(obj, source=str(path))
 
 
 def _key_for(rel: Path) -> str:
@@ -139,39 +180,97 @@ class ImportReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def run_import(cfg: Namespace) -> ImportReport:
-    """Import every ``.pt``/``.npy`` under ``cfg.src``; see the module docstring.
+def _print_import(report: ImportReport, dst: str, what: str) -> None:
+    print(f"imported {report.written} clip(s) {what}into {len(report.shards)} shard(s) in {dst}; "
+          f"skipped {len(report.skipped)}")
+    for path in report.skipped:
+        print(f"  skipped {path}")
 
-    On a bad file without ``--skip-bad`` the open shard is finalised (every accepted clip stays
-    readable) and the error names the file.
-    """
-    src = Path(cfg.src)
-    if not src.is_dir():
-        raise SystemExit(f"lrag data import: SRC {cfg.src!r} is not a folder.")
-    files = sorted(p for p in src.rglob("*") if p.suffix in LATENT_SUFFIXES and p.is_file())
+
+def _import_latents(cfg: Namespace, src: Path) -> ImportReport:
+    files = sorted(p for p in src.rglob("*") if p.suffix in LATENT_SUFFIXES)
     if not files:
-        raise SystemExit(f"lrag data import: no {'/'.join(LATENT_SUFFIXES)} files under {src}.")
-    _prepare_dst(cfg.dst, cfg.prefix, cfg.overwrite)
+        raise SystemExit(f"lrag data import: no {'/'.join(LATENT_SUFFIXES)} files under {src}"
+                         " (for videos pass --vae PATH).")
     report = ImportReport()
-    with ShardWriter(cfg.dst, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-        for path in files:
-            try:
-                latents = load_latent_file(path)
-                validate_latents(latents, source=str(path), channels=cfg.channels)
+    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
+        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
+            for path in files:
+                try:
+                    latents = load_latent_file(path, channels=cfg.channels or LATENT_CHANNELS)
+                except LatentFormatError as err:
+                    if not cfg.skip_bad:
+                        raise
+                    log.warning("skipping %s", err)
+                    report.skipped.append(str(path))
+                    continue
                 rel = path.relative_to(src)
                 meta = {"source": rel.as_posix(), "prompt": "", "frame_offset": 0, "fps": cfg.fps}
                 writer.write(_key_for(rel), latents, meta)
-            except LatentFormatError as err:
-                if not cfg.skip_bad:
-                    raise
-                log.warning("skipping %s", err)
-                report.skipped.append(str(path))
-                continue
-            report.written += 1
+                report.written += 1
     report.shards = writer.shards
-    print(f"imported {report.written} clip(s) into {len(report.shards)} shard(s) in {cfg.dst}; "
-          f"skipped {len(report.skipped)}")
+    _print_import(report, cfg.dst, "")
     return report
+
+
+def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
+    from lrag.data.vae_encode import WanVideoEncoder, resolve_device
+    from lrag.data.video_import import (
+        VideoImportSettings,
+        check_settings,
+        import_videos,
+        plan_videos,
+    )
+    from lrag.data.video_sources import find_video_sources
+
+    opts = {attr: default if cfg[attr] is None else cfg[attr] for _, attr, default in VIDEO_FLAGS}
+    settings = VideoImportSettings(height=opts["height"], width=opts["width"],
+                                   clip_frames=opts["clip_frames"],
+                                   frame_stride=opts["frame_stride"], frame_folder_fps=cfg.fps)
+    try:
+        check_settings(settings)
+    except ValueError as err:
+        raise SystemExit(f"lrag data import: {err}") from err
+    sources = find_video_sources(src)
+    if not sources:
+        raise SystemExit(f"lrag data import: no videos (.mp4/.webm/.mkv/.mov/.avi or folders of "
+                         f".png frames) under {src}.")
+    check_destination(cfg.dst, cfg.prefix, cfg.overwrite)
+    device = resolve_device(opts["device"])
+    # Every source is decoded once before the VAE is loaded: a bad file fails in seconds.
+    plans, skipped = plan_videos(sources, settings, cfg.skip_bad)
+    report = ImportReport(skipped=[path for path, _ in skipped])
+    if not plans:
+        raise SystemExit(f"lrag data import: all {len(sources)} video(s) under {src} are bad; "
+                         "nothing written.")
+    encoder = WanVideoEncoder.from_folder(cfg.vae, device=str(device), dtype=opts["vae_dtype"])
+    print(f"encoding {len(plans)} video(s) at {settings.width}x{settings.height} with the VAE in "
+          f"{cfg.vae} on {encoder.device}:")
+    for plan in plans:
+        print(f"  {plan.describe(settings)}")
+    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
+        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
+            report.written = import_videos(plans, encoder, settings, Path(cfg.vae).name,
+                                           writer.write)
+    report.shards = writer.shards
+    _print_import(report, cfg.dst, f"from {len(plans)} video(s) ")
+    return report
+
+
+def run_import(cfg: Namespace) -> ImportReport:
+    """Import latent files (or, with ``--vae``, videos) under ``cfg.src`` into shards in ``cfg.dst``.
+
+    Nothing in DST changes unless the whole import succeeds; a bad file stops it with a message
+    naming the file, or is skipped and listed with ``--skip-bad``.
+    """
+    _check_import_flags(cfg)
+    src = Path(cfg.src)
+    if not src.is_dir():
+        what = "does not exist" if not src.exists() else "is not a folder"
+        raise SystemExit(f"lrag data import: SRC {cfg.src!r} {what}; pass the folder holding "
+                         "the inputs.")
+    check_destination(cfg.dst, cfg.prefix, cfg.overwrite)
+    return _import_videos(cfg, src) if cfg.vae is not None else _import_latents(cfg, src)
 
 
 @dataclass
@@ -190,12 +289,18 @@ class ShardSetSummary:
     min: float = float("nan")
     max: float = float("nan")
     non_finite: int = 0
+    skipped: list[str] = field(default_factory=list)  # bad shards left out (--skip-bad)
 
 
-def summarize(path: str) -> ShardSetSummary:
-    """Read every clip of ``path`` once and summarise it (float64 accumulation)."""
-    shards = resolve_shards(path)
-    out = ShardSetSummary(shards=len(shards))
+def summarize(path: str, skip_bad: bool = False) -> ShardSetSummary:
+    """Check every shard of ``path``, then read every clip once and summarise (float64 sums).
+
+    Raises:
+        LatentFormatError: the first bad shard, unless ``skip_bad`` (then it is left out).
+    """
+    check = check_shards(resolve_shards(path), "skip" if skip_bad else "fail")
+    shards = list(check.good)
+    out = ShardSetSummary(shards=len(shards), skipped=list(check.bad))
     total = total_sq = 0.0
     count = 0
     low, high = np.inf, -np.inf
@@ -234,6 +339,8 @@ def _print_summary(path: str, summary: ShardSetSummary) -> None:
             value = f"{value:.4g}"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
         table.add_row(name, str(value))
     Console(width=100).print(table)
 
@@ -241,9 +348,12 @@ def _print_summary(path: str, summary: ShardSetSummary) -> None:
 def run_inspect(cfg: Namespace) -> ShardSetSummary:
     """Print the summary of ``cfg.path`` (table or JSON) and return it."""
     try:
-        summary = summarize(cfg.path)
+        summary = summarize(cfg.path, skip_bad=cfg.skip_bad)
     except FileNotFoundError as err:
         raise SystemExit(f"lrag data inspect: {err}") from err
+    except LatentFormatError as err:
+        hint = "" if cfg.skip_bad else " (pass --skip-bad to leave bad shards out)"
+        raise SystemExit(f"lrag data inspect: {err}{hint}") from err
     if cfg.json:
         print(json.dumps(asdict(summary), indent=2))
     else:
@@ -254,13 +364,20 @@ def run_inspect(cfg: Namespace) -> ShardSetSummary:
 def main(args: Sequence[str] | None = None) -> Any:
     """Parse ``args`` (without the leading ``data``) and run the subcommand; returns its result.
 
-    Format errors in the data become ``SystemExit`` with the message (exit status 1).
+    Every error a user can cause (bad flags, bad input files, an unusable DST or VAE folder)
+    becomes ``SystemExit`` with a one-line message naming the file or flag (exit status 1).
     """
+    from lrag.data.vae_encode import VAELoadError
+    from lrag.data.video_sources import VideoFormatError
+
     parser = build_parser()
     cfg = parser.parse_args(list(args) if args is not None else None)
     command = cfg.command
     runner = {"synth": run_synth, "import": run_import, "inspect": run_inspect}[command]
     try:
         return runner(cfg[command])
-    except LatentFormatError as err:
+    except (LatentFormatError, VideoFormatError, VAELoadError, StagingError) as err:
         raise SystemExit(f"lrag data {command}: {err}") from err
+    except PermissionError as err:
+        raise SystemExit(f"lrag data {command}: {err.filename or ''}: permission denied "
+                         f"({err.strerror}).") from err

@@ -20,7 +20,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from lrag.data.shards import Clip, count_clips, decode_clip, resolve_shards
+from lrag.data.shard_check import BadShardPolicy, check_shards
+from lrag.data.shards import Clip, LatentFormatError, decode_clip, resolve_shards
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,16 @@ class LatentShardDataModule(L.LightningDataModule):
         seed: Seed of the split, the shard/sample shuffles and the windows.
         samples_per_epoch: Training windows per epoch over all devices; ``None`` = one per
             training clip.
+        bad_shards: Every shard is checked in :meth:`setup`, before the first epoch (empty,
+            truncated, corrupt tar or ``.npy`` headers). ``"fail"`` stops there with an error
+            naming the shard; ``"skip"`` leaves bad shards out with a warning naming each, and
+            also skips (with a warning) any sample that still fails to decode mid-epoch.
     """
 
     def __init__(self, data_dir: str, seq_len: int = 8, batch_size: int = 8, num_workers: int = 0,
                  val_fraction: float = 0.2, shuffle_buffer: int = 64, seed: int = 0,
-                 samples_per_epoch: int | None = None) -> None:
+                 samples_per_epoch: int | None = None,
+                 bad_shards: BadShardPolicy = "fail") -> None:
         super().__init__()
         for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0),
@@ -156,6 +162,9 @@ class LatentShardDataModule(L.LightningDataModule):
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"LatentShardDataModule: samples_per_epoch={samples_per_epoch} must "
                              "be >= 1 or null.")
+        if bad_shards not in ("fail", "skip"):
+            raise ValueError(f"LatentShardDataModule: bad_shards={bad_shards!r} must be 'fail' or "
+                             "'skip'.")
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.seq_len = seq_len
@@ -165,8 +174,10 @@ class LatentShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
+        self.bad_shards = bad_shards
         self.train_shards: list[str] = []
         self.val_shards: list[str] = []
+        self.clip_counts: dict[str, int] = {}  # good shard -> clips, from the setup check
 
     def setup(self, stage: str | None = None) -> None:
         """Find the shards and split them (idempotent)."""
@@ -177,6 +188,14 @@ class LatentShardDataModule(L.LightningDataModule):
         except FileNotFoundError as err:
             raise FileNotFoundError(f"LatentShardDataModule(data_dir={self.data_dir!r}): {err}") \
                 from err
+        try:
+            self.clip_counts = check_shards(shards, self.bad_shards).good
+        except LatentFormatError as err:
+            hint = " (set bad_shards: skip to leave bad shards out)" \
+                if self.bad_shards == "fail" else ""
+            raise LatentFormatError(f"LatentShardDataModule(data_dir={self.data_dir!r}): {err}"
+                                    f"{hint}") from err
+        shards = list(self.clip_counts)
         self.train_shards, self.val_shards = split_shards(shards, self.val_fraction, self.seed)
         if not self.val_shards:
             log.warning("%s: only %d shard(s); no validation split (write more shards to get one)",
@@ -197,6 +216,12 @@ class LatentShardDataModule(L.LightningDataModule):
                              f"{self.world_size}; use a multiple of the device count.")
         return self.batch_size // self.world_size
 
+    @property
+    def _handler(self):
+        # "skip": a sample that passed the header check but fails to decode is logged and
+        # dropped instead of ending the epoch; "fail": the library's default (re-raise).
+        return _log_and_continue if self.bad_shards == "skip" else wds.reraise_exception
+
     def _workers(self, shards_per_rank: int) -> int:
         # A worker without shards would yield nothing, and with_epoch would spin on it.
         return min(self.num_workers, shards_per_rank)
@@ -209,7 +234,7 @@ class LatentShardDataModule(L.LightningDataModule):
         if per_rank_shards < 1:
             raise ValueError(f"{self.data_dir}: {len(self.train_shards)} training shard(s) for "
                              f"{world} devices; write at least one shard per device.")
-        total = self.samples_per_epoch or sum(count_clips(s) for s in self.train_shards)
+        total = self.samples_per_epoch or sum(self.clip_counts[s] for s in self.train_shards)
         workers = self._workers(per_rank_shards)
         batch = self.device_batch_size
         # A whole number of batches per worker keeps len(loader) exact for Lightning's progress.
@@ -218,8 +243,9 @@ class LatentShardDataModule(L.LightningDataModule):
         dataset = (
             wds.WebDataset(self.train_shards, shardshuffle=len(self.train_shards), detshuffle=True,
                            seed=self.seed, nodesplitter=wds.split_by_node,
-                           workersplitter=wds.split_by_worker, empty_check=False)
-            .map(decode_clip)
+                           workersplitter=wds.split_by_worker, empty_check=False,
+                           handler=self._handler)
+            .map(decode_clip, handler=self._handler)
             .compose(wds.detshuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                     seed=self.seed) if self.shuffle_buffer > 0 else _identity)
             .compose(RandomWindows(self.seq_len, self.seed))
@@ -237,12 +263,19 @@ class LatentShardDataModule(L.LightningDataModule):
         workers = self._workers(max(1, len(self.val_shards) // self.world_size))
         dataset = (
             wds.WebDataset(self.val_shards, shardshuffle=False, nodesplitter=wds.split_by_node,
-                           workersplitter=wds.split_by_worker, empty_check=False)
-            .map(decode_clip)
+                           workersplitter=wds.split_by_worker, empty_check=False,
+                           handler=self._handler)
+            .map(decode_clip, handler=self._handler)
             .map(_FixedWindow(self.seq_len, self.seed))
         )
         return DataLoader(dataset, batch_size=self.device_batch_size, num_workers=workers,
                           collate_fn=collate_windows, persistent_workers=workers > 0)
+
+
+def _log_and_continue(exn: Exception) -> bool:
+    """WebDataset handler for ``bad_shards="skip"``: log the error (it names shard and sample)."""
+    log.warning("skipping a sample that cannot be read: %s", exn)
+    return True
 
 
 def _identity(src: Iterator[Any]) -> Iterator[Any]:

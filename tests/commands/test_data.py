@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -111,37 +112,119 @@ def _bad_files() -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize(("name", "needle"), [
-    ("rank.npy", "rank 3"), ("channels.npy", "4 channels"), ("dtype.npy", "not floating"),
-    ("nan.npy", "non-finite"), ("pickled.pt", "weights_only"), ("dict.pt", "holds a dict"),
-])
-def test_import_rejects_bad_file_naming_it_and_keeps_accepted_clips(good_folder, tmp_path, name,
-                                                                     needle):
-    bad = _bad_files()[name]
-    path = good_folder / f"z_{name}"  # sorts after the good files
-    if name.endswith(".npy"):
+def _write_bad(path, bad) -> None:
+    if isinstance(bad, bytes):
+        path.write_bytes(bad)
+    elif path.suffix == ".npy":
         np.save(path, bad)
     else:
         torch.save(bad, path)
+
+
+def _raw_bad_files(tmp_path) -> dict[str, bytes]:
+    torch.save(torch.zeros(3, 16, 2, 2), tmp_path / "whole.pt")
+    np.save(tmp_path / "whole.npy", np.zeros((3, 16, 2, 2), np.float32))
+    pt, npy = (tmp_path / "whole.pt").read_bytes(), (tmp_path / "whole.npy").read_bytes()
+    return {"garbage.npy": b"\x00junk" * 50, "garbage.pt": b"\x00junk" * 50,
+            "truncated.npy": npy[: len(npy) // 2], "truncated.pt": pt[: len(pt) // 2],
+            "empty.npy": b"", "empty.pt": b""}
+
+
+@pytest.mark.parametrize(("name", "needle"), [
+    ("rank.npy", "rank 3"), ("channels.npy", "4 channels"), ("dtype.npy", "not floating"),
+    ("nan.npy", "non-finite"), ("pickled.pt", "weights_only"), ("dict.pt", "holds a dict"),
+    ("garbage.npy", "not a .npy array (no NumPy header)"),
+    ("garbage.pt", "not a torch.save file"), ("truncated.npy", "truncated (448 bytes"),
+    ("truncated.pt", "truncated or corrupt torch.save archive"), ("empty.npy", "empty file"),
+    ("empty.pt", "empty file"),
+])
+def test_import_rejects_bad_file_naming_it_and_writes_nothing(good_folder, tmp_path, name, needle):
+    bad = {**_bad_files(), **_raw_bad_files(tmp_path)}[name]
+    path = good_folder / f"z_{name}"  # sorts after the good files
+    _write_bad(path, bad)
     dst = tmp_path / "dst"
-    with pytest.raises(SystemExit, match=needle) as err:
+    with pytest.raises(SystemExit, match=re.escape(needle)) as err:
         main(["import", str(good_folder), str(dst)])
     assert f"z_{name}" in str(err.value)
-    assert sorted(c.key for c in iter_clips(dst)) == ["a_npy", "b_pt", "nested_c_pt"]
-    assert not list(dst.glob("*.tmp"))
+    assert not dst.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_import_skip_bad_skips_every_bad_file(good_folder, tmp_path):
-    for name, bad in _bad_files().items():
-        path = good_folder / name
-        if name.endswith(".npy"):
-            np.save(path, bad)
-        else:
-            torch.save(bad, path)
+    bad_files = {**_bad_files(), **_raw_bad_files(tmp_path)}
+    for name, bad in bad_files.items():
+        _write_bad(good_folder / name, bad)
+    (good_folder / "folder.npy").mkdir()  # a directory with a latent suffix
     report = main(["import", str(good_folder), str(tmp_path / "dst"), "--skip-bad"])
     assert report.written == 3
-    assert sorted(p.split("/")[-1] for p in report.skipped) == sorted(_bad_files())
+    assert sorted(p.split("/")[-1] for p in report.skipped) == sorted([*bad_files, "folder.npy"])
     assert len(list(iter_clips(tmp_path / "dst"))) == 3
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failed_overwrite_keeps_the_old_destination_byte_identical(good_folder, tmp_path):
+    """Issue 13, data loss 3: --overwrite used to delete DST's shards before reading any input."""
+    dst = tmp_path / "dst"
+    main(["synth", str(dst), "--clips", "4", "--frames", "3", "--shard-size", "2"])
+    (dst / "notes.txt").write_text("kept")
+    before = _snapshot(dst)
+    (good_folder / "a.npy").write_bytes(b"not an array")  # the first file is bad
+    with pytest.raises(SystemExit, match="a.npy"):
+        main(["import", str(good_folder), str(dst), "--overwrite"])
+    assert _snapshot(dst) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no staging left
+
+
+def test_overwrite_replaces_only_the_prefix_shards_once_complete(good_folder, tmp_path):
+    dst = tmp_path / "dst"
+    main(["synth", str(dst), "--clips", "6", "--frames", "3", "--shard-size", "2"])
+    main(["synth", str(dst), "--clips", "1", "--frames", "3", "--prefix", "other"])
+    (dst / "notes.txt").write_text("kept")
+    report = main(["import", str(good_folder), str(dst), "--overwrite", "--shard-size", "64"])
+    assert report.shards == ["latents-000000.tar"]
+    assert sorted(p.name for p in dst.iterdir()) == [
+        "latents-000000.tar", "notes.txt", "other-000000.tar"]
+    assert sorted(c.key for c in iter_clips(dst / "latents-000000.tar")) == [
+        "a_npy", "b_pt", "nested_c_pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["synth", "{dst}", "--clips", "-3"], "--clips -3: must be >= 1"),
+    (["synth", "{dst}", "--frames", "0"], "--frames 0: must be >= 1"),
+    (["synth", "{dst}", "--height", "-1"], "--height -1: must be >= 1"),
+    (["synth", "{dst}", "--seed", "-2"], "--seed -2: must be >= 0"),
+    (["synth", "{dst}", "--shard-size", "0"], "--shard-size 0: must be >= 1"),
+    (["synth", "{dst}", "--prefix", "a.b"], "--prefix 'a.b'"),
+    (["import", "{src}", "{dst}", "--channels", "0"], "--channels 0: must be >= 1"),
+    (["import", "{src}", "{dst}", "--fps", "1e999"], "--fps inf: must be a finite number > 0"),
+    (["import", "{src}", "{dst}", "--fps", "-4"], "--fps -4.0: must be a finite number > 0"),
+    (["import", "{src}", "{dst}", "--shard-size", "-1"], "--shard-size -1"),
+])
+def test_nonsense_flag_values_are_refused_by_name(good_folder, tmp_path, args, needle):
+    dst = tmp_path / "dst"
+    argv = [a.format(dst=dst, src=good_folder) for a in args]
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert needle in err.value.code and not dst.exists()
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_inspect_names_a_bad_shard_or_skips_it(tmp_path, capsys, how):
+    main(["synth", str(tmp_path), "--clips", "6", "--frames", "3", "--shard-size", "2"])
+    bad = tmp_path / "latents-000001.tar"
+    data = bad.read_bytes()
+    bad.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                     "garbage": b"\x07" * 3000}[how])
+    with pytest.raises(SystemExit) as err:
+        main(["inspect", str(tmp_path)])
+    assert str(bad) in err.value.code and "--skip-bad" in err.value.code
+    capsys.readouterr()
+    summary = main(["inspect", str(tmp_path), "--skip-bad", "--json"])
+    assert summary.shards == 2 and summary.clips == 4 and summary.skipped == [str(bad)]
+    assert json.loads(capsys.readouterr().out)["skipped"] == [str(bad)]
 
 
 def test_inspect_missing_folder_mentions_synth(tmp_path):

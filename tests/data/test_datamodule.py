@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import tarfile
+
 import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from lrag.data.datamodule import LatentShardDataModule, split_shards, take_window, window_start
-from lrag.data.shards import ShardWriter
+from lrag.data.shards import LatentFormatError, ShardWriter
 
 
 def _write_ramps(folder, num_clips: int, per_shard: int, frames=lambda i: 10 + i) -> None:
@@ -141,3 +145,71 @@ def test_lightning_fit_terminates_each_epoch(tmp_path):
     trainer.fit(model, datamodule=dm)
     assert [e for e, _ in model.seen].count(0) == 4 and [e for e, _ in model.seen].count(1) == 4
     assert "val/loss" in trainer.callback_metrics
+
+
+def _damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                      "garbage": bytes(range(256)) * 8}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage"])
+def test_bad_shard_stops_setup_naming_it_before_any_batch(tmp_path, how):
+    _write_ramps(tmp_path, num_clips=6, per_shard=2)
+    bad = tmp_path / "latents-000001.tar"
+    _damage(bad, how)
+    dm = LatentShardDataModule(str(tmp_path), seq_len=4, batch_size=2)
+    with pytest.raises(LatentFormatError) as err:
+        dm.setup("fit")
+    assert str(bad) in str(err.value) and "bad_shards: skip" in str(err.value)
+    assert dm.train_shards == []
+
+
+def test_skip_leaves_bad_shards_out_with_a_warning_and_fit_runs_whole_epochs(tmp_path, caplog):
+    _write_ramps(tmp_path, num_clips=12, per_shard=2)
+    _damage(tmp_path / "latents-000002.tar", "truncated")
+    _damage(tmp_path / "latents-000004.tar", "empty")
+    dm = LatentShardDataModule(str(tmp_path), seq_len=4, batch_size=2, val_fraction=0.25,
+                               bad_shards="skip")
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "latents-000002.tar" in warned and "latents-000004.tar" in warned
+    good = {str(tmp_path / f"latents-00000{i}.tar") for i in (0, 1, 3, 5)}
+    assert set(dm.train_shards) | set(dm.val_shards) == good and len(dm.val_shards) == 1
+    model = _MeanModel()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    # 3 training shards x 2 clips / batch 2 = 3 batches in each epoch.
+    assert [e for e, _ in model.seen] == [0, 0, 0, 1, 1, 1]
+
+
+def test_skip_drops_a_sample_that_fails_to_decode_mid_epoch(tmp_path, caplog):
+    _write_ramps(tmp_path, num_clips=2, per_shard=2)
+    arr = np.ones((5, 2, 1, 1), np.float16)
+    arr[2] = np.nan  # structurally valid, so only decoding finds it
+    with tarfile.open(tmp_path / "latents-000001.tar", "w") as tar:
+        for name, payload in (("nan.latents.npy", _npy_bytes(arr)), ("nan.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    keys = []
+    dm = LatentShardDataModule(str(tmp_path), seq_len=4, batch_size=1, val_fraction=0.0,
+                               shuffle_buffer=0, bad_shards="skip")
+    with caplog.at_level(logging.WARNING):
+        for batch in dm.train_dataloader():
+            keys += batch["key"]
+    assert "nan" not in keys and sorted(set(keys)) == ["clip000", "clip001"]
+    assert "non-finite" in " ".join(r.getMessage() for r in caplog.records)
+    strict = LatentShardDataModule(str(tmp_path), seq_len=4, batch_size=1, val_fraction=0.0,
+                                   shuffle_buffer=0)
+    with pytest.raises(LatentFormatError, match="latents-000001.tar: sample 'nan'"):
+        list(strict.train_dataloader())
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
