@@ -5,6 +5,7 @@
 * :func:`plot_gap_per_world`: the same per world, one panel each.
 * :func:`plot_series`: each per-block series, native vs the other variants, per world.
 * :func:`plot_retrievals`: retrieved frame index vs block, one panel per RAG run.
+* :func:`plot_run_report`: the four panels of ``lrag eval run`` (one stored run, no ground truth).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np  # noqa: E402
 if TYPE_CHECKING:
     from lrag.eval.report import RunResult
 
-__all__ = ["plot_gap_curves", "plot_gap_per_world", "plot_retrievals", "plot_series"]
+__all__ = ["plot_gap_curves", "plot_gap_per_world", "plot_retrievals", "plot_run_report", "plot_series"]
 
 
 def _style(variant: str, baseline: str, index: int) -> dict:
@@ -126,5 +127,53 @@ def plot_retrievals(results: Sequence[RunResult], path: Path) -> Path | None:
         ax.set_ylabel("frame", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_run_report(series: dict, path: Path, title: str, window: int | None = None) -> Path:
+    """Self-similarity vs Δt, frame mean/std vs frame, flicker vs frame, retrieved-frame age.
+
+    Args:
+        series: ``run_numbers(...)["series"]`` of :mod:`lrag.eval.run_report`.
+        path: Output PNG.
+        title: Figure title (the run id).
+        window: Attention window in frames, marked on the Δt axis when known.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=100)
+    (sim_ax, stat_ax), (flick_ax, ret_ax) = axes
+    sim = series["self_similarity"]
+    sim_ax.plot(sim["gap"], sim["cosine"], color="tab:blue")
+    if window:
+        sim_ax.axvline(window, color="0.5", ls=":", label=f"window ({window})")
+        sim_ax.legend(fontsize=7)
+    sim_ax.set(xlabel="Δt (latent frames)", ylabel="cosine of descriptors", title="descriptor self-similarity")
+    frames = np.arange(len(series["frame_mean"]))
+    stat_ax.plot(frames, series["frame_mean"], label="mean")
+    stat_ax.plot(frames, series["frame_std"], label="std")
+    stat_ax.set(xlabel="frame", ylabel="latent value", title="frame statistics")
+    stat_ax.legend(fontsize=7)
+    flick = np.asarray(series["flicker"], dtype=float)
+    blocks = np.asarray(series["block_index"])
+    seam = blocks[1:] != blocks[:-1]
+    x = np.arange(1, len(flick) + 1)  # transition t-1 -> t drawn at t
+    flick_ax.plot(x, flick, color="0.3", lw=1)
+    flick_ax.scatter(x[seam], flick[seam], s=10, color="tab:red", zorder=3, label="block boundary")
+    flick_ax.set(xlabel="frame", ylabel="MSE to previous frame", title="flicker")
+    flick_ax.legend(fontsize=7)
+    ret = series["retrievals"]
+    if ret.get("query_frame"):
+        age = np.asarray(ret["query_frame"]) - np.asarray(ret["retrieved_frame"])
+        points = ret_ax.scatter(ret["query_frame"], age, c=ret["score"], cmap="viridis", s=14)
+        fig.colorbar(points, ax=ret_ax, label="cosine score")
+    else:
+        ret_ax.text(0.5, 0.5, "no retrievals (native run or memory never filled)",
+                    transform=ret_ax.transAxes, ha="center", va="center", color="0.4", fontsize=8)
+    ret_ax.set(xlabel="query frame", ylabel="age of retrieved frame", title="what retrieval selected")
+    for ax in axes.flat:
+        ax.title.set_fontsize(9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -47,6 +47,7 @@ __all__ = [
     "ReportPaths",
     "RunResult",
     "aggregate",
+    "json_safe",
     "load_report",
     "markdown_report",
     "relative_change",
@@ -320,14 +321,14 @@ def _write_tensorboard(results: list[RunResult], agg: dict[str, dict[str, float]
                         writer.add_scalar(f"eval/{r.world}/{r.variant}/{key}", value, step)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN/inf are not JSON; write them as null so any JSON reader can load the report."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -357,7 +358,7 @@ def write_report(results: list[RunResult], out_dir: str | Path,
                          "unit": "world"},
            "aggregate": agg, "revisit_vs_gap": curves, "runs": [asdict(r) for r in results]}
     json_path = out / "report.json"
-    json_path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    json_path.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
     headline = plot_gap_curves(curves, out / "revisit_vs_gap.png", BASELINE, CONFIDENCE)
     plots = [p for p in (headline,
                          plot_gap_per_world(per_world_curves(results, edges), edges.tolist(),
