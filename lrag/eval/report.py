@@ -86,6 +86,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("frames_per_s", "frames/s", False),
 )
 
+#: Better directions of scalars outside the wide table (they are in the interval table).
+EXTRA_DIRECTIONS: dict[str, bool] = {"revisit_cosine": False, "revisit_relative": True}
+
 #: The metric whose relative change is the headline of the report.
 HEADLINE = "revisit_inconsistency"
 
@@ -137,7 +140,7 @@ def _columns(results: list[RunResult]) -> list[Column]:
     known = {c.key for c in COLUMNS}
     present = {k for r in results for k in r.scalars}
     extra = sorted(present - known)
-    return [c for c in COLUMNS if c.key in present] + [Column(k, k, None) for k in extra]
+    return [c for c in COLUMNS if c.key in present] + [Column(k, k, EXTRA_DIRECTIONS.get(k)) for k in extra]
 
 
 def _mean(values: list[float]) -> float:
@@ -178,7 +181,6 @@ def aggregate(results: list[RunResult], resamples: int = DEFAULT_RESAMPLES,
     """
     _check(results)
     by_key = {(r.world, r.variant): r for r in results}
-    direction = {c.key: c.lower_is_better for c in COLUMNS}
     out: dict[str, dict[str, float]] = {}
     for variant in dict.fromkeys(r.variant for r in results):
         runs = [r for r in results if r.variant == variant]
@@ -193,7 +195,7 @@ def aggregate(results: list[RunResult], resamples: int = DEFAULT_RESAMPLES,
             base = [by_key[(r.world, BASELINE)].scalars.get(col.key, math.nan) for r in paired]
             changes = [relative_change(v, b) for v, b in zip(mine, base)]
             _put(row, f"{col.key}_change_pct", bootstrap_mean(changes, resamples, CONFIDENCE, seed))
-            row[f"{col.key}_improved"] = improved_fraction(mine, base, direction.get(col.key))
+            row[f"{col.key}_improved"] = improved_fraction(mine, base, col.lower_is_better)
             row[f"{col.key}_improved_of"] = float(sum(math.isfinite(v) and math.isfinite(b)
                                                       for v, b in zip(mine, base)))
         out[variant] = row
@@ -291,10 +293,11 @@ def markdown_report(results: list[RunResult], title: str = "Retrieval A/B report
              "(memory_size 0, same seeds, worlds and attention budget).", ""]
     lines += ["## Aggregated over worlds", ""] + _table(agg, columns) + [""]
     lines += [f"## Mean and {round(CONFIDENCE * 100)} % interval over worlds", "",
-              f"Percentile bootstrap over worlds ({DEFAULT_RESAMPLES} resamples, seeded); Δ is the mean "
-              f"over worlds of the per-world change vs `{BASELINE}`; worlds improved counts worlds "
-              "where the variant is better than native on that world.", ""]
-    lines += _interval_table(agg, columns) + [""]
+              f"Every scalar of every variant. Percentile bootstrap over worlds ({DEFAULT_RESAMPLES} "
+              f"resamples, seeded); Δ is the mean over worlds of the per-world change vs `{BASELINE}`; "
+              "worlds improved counts worlds where the variant is better than native on that world "
+              "(– where the metric has no better direction).", ""]
+    lines += _interval_table(agg, _columns(results)) + [""]
     for world in worlds:
         lines += [f"## {world}", ""] + _table(_per_world_rows(results, world), columns) + [""]
     return "\n".join(lines)
