@@ -47,6 +47,11 @@ def plot_gap_curves(curves: dict[str, dict[str, list[float]]], path: Path, basel
         ax.plot(x, mean, marker="o", ms=3, label=variant, **style)
         ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
     worlds = max(max(c["worlds"], default=0) for c in curves.values())
+    # a bin that few worlds reach is a thin mean (no band with one world): print the count
+    counts = curves.get(baseline, next(iter(curves.values())))
+    for x, n in zip(counts["centre"], counts["worlds"]):
+        ax.text(x, 0.02, f"{n}", transform=ax.get_xaxis_transform(), ha="center", fontsize=7, color="0.35")
+    ax.text(0.0, 0.07, " worlds per bin:", transform=ax.transAxes, fontsize=7, color="0.35")
     ax.set(xlabel="Δt between the two views of a place (latent frames)",
            ylabel="revisit MSE (lower = more consistent)",
            title=f"Revisit error vs time since the place was seen: mean over {worlds} worlds, "

@@ -49,6 +49,7 @@ __all__ = [
     "aggregate",
     "json_safe",
     "load_report",
+    "load_results",
     "markdown_report",
     "relative_change",
     "write_report",
@@ -386,3 +387,15 @@ def load_report(path: str | Path) -> dict:
     if not isinstance(doc, dict) or doc.get("version") != REPORT_VERSION:
         raise ValueError(f"{path}: not an lrag report (field 'version' must be {REPORT_VERSION}).")
     return doc
+
+
+def load_results(path: str | Path) -> list[RunResult]:
+    """The :class:`RunResult` list of a ``report.json`` (nulls back to NaN), e.g. to merge the
+    worlds of several eval jobs into one report with :func:`write_report`."""
+    def nan(values):
+        return [math.nan if v is None else v for v in values]
+
+    return [RunResult(r["world"], r["variant"], dict(zip(r["scalars"], nan(r["scalars"].values()))),
+                      {k: nan(v) for k, v in r.get("series", {}).items()}, r.get("retrievals", []),
+                      r.get("revisit_by_gap", {}))
+            for r in load_report(path)["runs"]]

@@ -11,6 +11,7 @@ from lrag.eval.report import (
     RunResult,
     aggregate,
     load_report,
+    load_results,
     markdown_report,
     relative_change,
     write_report,
@@ -110,6 +111,14 @@ def test_nan_is_written_as_null(tmp_path) -> None:
     res = [RunResult("w", "native", {"retrieval_recall": math.nan})]
     doc = load_report(write_report(res, tmp_path).json)
     assert doc["runs"][0]["scalars"]["retrieval_recall"] is None
+
+
+def test_results_round_trip_through_json(tmp_path) -> None:
+    results = _results() + [RunResult("w2", "native", {"revisit_inconsistency": math.nan})]
+    back = load_results(write_report(results, tmp_path).json)
+    assert [(r.world, r.variant) for r in back] == [(r.world, r.variant) for r in results]
+    assert back[1].revisit_by_gap == results[1].revisit_by_gap and math.isnan(back[4].scalars["revisit_inconsistency"])
+    assert aggregate(back)["rag"] == pytest.approx(aggregate(results)["rag"], nan_ok=True)
 
 
 def test_load_report_rejects_other_json(tmp_path) -> None:
