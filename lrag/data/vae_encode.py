@@ -9,7 +9,7 @@ group of pixels at a time and its output equals a one-shot ``encode`` (a test ch
 
 Latents come out as the posterior mean, normalised per channel with the VAE config's
 ``latents_mean`` / ``latents_std`` like Wan's training data (and like the latents
-``lrag.modules.codecs.WanVAECodec.decode`` expects).
+``lrag.nets.codecs.WanVAECodec.decode`` expects).
 """
 
 from __future__ import annotations

@@ -143,3 +143,26 @@ def retrieval_scores(retrieved: Sequence[Sequence[int]] | Tensor, relevant: Sequ
         if truth:
             recall.append(hits / min(k, len(truth)))
     return torch.tensor(precision, dtype=torch.float64), torch.tensor(recall, dtype=torch.float64)
+
+
+def revisit_errors_by_gap(video: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean revisit MSE per gap ``Δt = later - earlier`` between the two views of a place.
+
+    Kept per integer gap (not per bin) so that any later binning is exact: the pair-weighted
+    mean of a bin is ``sum(mse * pairs) / sum(pairs)`` over its gaps.
+
+    Args:
+        video: ``[F, C, H, W]``.
+        pairs: ``[P, 4]`` revisit pairs as in :func:`revisit_errors`.
+
+    Returns:
+        ``(gaps [G] int64 ascending, mean mse [G], pairs per gap [G] int64)``; empty without pairs.
+    """
+    if pairs.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, video.new_zeros(0), empty
+    mse, _ = revisit_errors(video, pairs)
+    gaps, inverse, counts = torch.unique((pairs[:, 1] - pairs[:, 0]).cpu(), return_inverse=True,
+                                         return_counts=True)
+    sums = torch.zeros(len(gaps), dtype=torch.float64).index_add_(0, inverse, mse.double().cpu())
+    return gaps, (sums / counts).to(mse.dtype), counts

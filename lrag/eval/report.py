@@ -6,13 +6,21 @@ compared with it on the same world, and the relative change is averaged over wor
 
 Outputs of :func:`write_report` in ``out_dir``:
 
-* ``report.md``: one table per world plus an aggregated table, relative change in %.
-* ``report.json``: every run's scalars, series and retrievals plus the aggregate, so later
-  tooling never has to parse Markdown.
-* ``metrics_vs_time.png`` (each series, native vs the other variants) and
-  ``retrievals.png`` (retrieved frame index vs block, one panel per RAG variant and world).
-* TensorBoard scalars under ``tb_dir`` (``eval/<variant>/<metric>`` aggregated, and
-  ``eval/<world>/<variant>/<series>`` per step).
+* ``report.md``: the aggregated table (means, relative change in %), the mean of every metric
+  and every change with its 95 % bootstrap interval over worlds and the worlds that improve,
+  then one table per world.
+* ``report.json``: every run's scalars, series, revisit errors per gap and retrievals, the
+  aggregate (``<m>``, ``<m>_lo``/``_hi``, ``<m>_change_pct`` with ``_lo``/``_hi``,
+  ``<m>_improved`` = fraction of ``<m>_improved_of`` paired worlds) and the headline curve, so
+  later tooling never has to parse Markdown.
+* ``revisit_vs_gap.png`` (the headline: revisit error against the gap between the two views of a
+  place, mean and band over worlds per variant), ``revisit_vs_gap_per_world.png``,
+  ``metrics_vs_time.png`` (each series, native vs the other variants) and ``retrievals.png``
+  (retrieved frame index vs block, one panel per RAG variant and world); see
+  :mod:`lrag.eval.plots`.
+* TensorBoard under ``tb_dir``: scalars (``eval/<variant>/<metric>`` aggregated,
+  ``eval/<world>/<variant>/<series>`` per step), the report as text (``eval/report``) and the
+  headline figure as an image (``eval/revisit_vs_gap``).
 """
 
 from __future__ import annotations
@@ -23,11 +31,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from torch.utils.tensorboard import SummaryWriter
 
-matplotlib.use("Agg")  # reports are written headless (CI, GPU boxes); never open a window
-import matplotlib.pyplot as plt  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from lrag.eval.bootstrap import DEFAULT_RESAMPLES, bootstrap_mean, improved_fraction
+from lrag.eval.gap_curve import gap_bins, gap_curves, per_world_curves
+from lrag.eval.plots import plot_gap_curves, plot_gap_per_world, plot_retrievals, plot_series
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,9 @@ __all__ = [
     "ReportPaths",
     "RunResult",
     "aggregate",
+    "json_safe",
     "load_report",
+    "load_results",
     "markdown_report",
     "relative_change",
     "write_report",
@@ -46,6 +57,8 @@ __all__ = [
 
 BASELINE = "native"
 REPORT_VERSION = 1
+#: Interval coverage of every aggregate and of the headline band.
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("frames_per_s", "frames/s", False),
 )
 
+#: Better directions of scalars outside the wide table (they are in the interval table).
+EXTRA_DIRECTIONS: dict[str, bool] = {"revisit_cosine": False, "revisit_relative": True}
+
 #: The metric whose relative change is the headline of the report.
 HEADLINE = "revisit_inconsistency"
 
@@ -89,6 +105,9 @@ class RunResult:
         series: Metric values over time (one value per block), same keys or others.
         retrievals: Per block that retrieved: ``{"block": b, "frames": [f0, f1, ...]}``
             (global frame indices of the first batch element, most similar first).
+        revisit_by_gap: Mean revisit MSE per gap between the two views of a place:
+            ``{"gap": [Δt, ...], "mse": [...], "pairs": [pairs per gap, ...]}`` (empty if the
+            video has no revisit; :func:`lrag.eval.functional.revisit_errors_by_gap`).
     """
 
     world: str
@@ -96,6 +115,7 @@ class RunResult:
     scalars: dict[str, float]
     series: dict[str, list[float]] = field(default_factory=dict)
     retrievals: list[dict] = field(default_factory=list)
+    revisit_by_gap: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,8 @@ class ReportPaths:
     json: Path
     plots: tuple[Path, ...]
     tensorboard: Path | None
+    #: ``revisit_vs_gap.png`` (None when no run has a revisit pair); also in ``plots``.
+    headline: Path | None = None
 
 
 def relative_change(value: float, baseline: float) -> float:
@@ -119,7 +141,7 @@ def _columns(results: list[RunResult]) -> list[Column]:
     known = {c.key for c in COLUMNS}
     present = {k for r in results for k in r.scalars}
     extra = sorted(present - known)
-    return [c for c in COLUMNS if c.key in present] + [Column(k, k, None) for k in extra]
+    return [c for c in COLUMNS if c.key in present] + [Column(k, k, EXTRA_DIRECTIONS.get(k)) for k in extra]
 
 
 def _mean(values: list[float]) -> float:
@@ -140,34 +162,49 @@ def _check(results: list[RunResult]) -> None:
         seen.add((r.world, r.variant))
 
 
-def aggregate(results: list[RunResult]) -> dict[str, dict[str, float]]:
-    """Per variant: the mean of each scalar over worlds and, for non-baseline variants, the
-    mean over worlds of the per-world relative change against ``native`` (``<key>_change_pct``).
+def aggregate(results: list[RunResult], resamples: int = DEFAULT_RESAMPLES,
+              seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per variant and scalar: the mean over worlds with its bootstrap interval and, for
+    non-baseline variants, the per-world relative change against ``native`` and the worlds
+    that improve.
 
     Args:
         results: One result per (world, variant).
+        resamples: Bootstrap resamples per interval.
+        seed: Seed of the bootstrap (one report = one seed, so it is reproducible).
 
     Returns:
-        ``{variant: {metric: mean, metric_change_pct: mean %, "worlds": n}}``.
+        ``{variant: {"worlds": n, m: mean, m_lo, m_hi, m_change_pct, m_change_pct_lo,
+        m_change_pct_hi, m_improved, m_improved_of}}`` with ``m`` each scalar key; changes are
+        in %, the mean over worlds of the per-world change; ``m_improved`` is the fraction of
+        the ``m_improved_of`` worlds with both values where the variant is better (NaN for
+        metrics without a better direction).
     """
     _check(results)
     by_key = {(r.world, r.variant): r for r in results}
-    variants = list(dict.fromkeys(r.variant for r in results))
     out: dict[str, dict[str, float]] = {}
-    for variant in variants:
+    for variant in dict.fromkeys(r.variant for r in results):
         runs = [r for r in results if r.variant == variant]
         row: dict[str, float] = {"worlds": float(len(runs))}
         for col in _columns(runs):
-            row[col.key] = _mean([r.scalars.get(col.key, math.nan) for r in runs])
-            if variant != BASELINE:
-                changes = [
-                    relative_change(r.scalars.get(col.key, math.nan),
-                                    by_key[(r.world, BASELINE)].scalars.get(col.key, math.nan))
-                    for r in runs if (r.world, BASELINE) in by_key
-                ]
-                row[f"{col.key}_change_pct"] = _mean(changes)
+            values = [r.scalars.get(col.key, math.nan) for r in runs]
+            _put(row, col.key, bootstrap_mean(values, resamples, CONFIDENCE, seed))
+            paired = [r for r in runs if (r.world, BASELINE) in by_key]
+            if variant == BASELINE or not paired:
+                continue
+            mine = [r.scalars.get(col.key, math.nan) for r in paired]
+            base = [by_key[(r.world, BASELINE)].scalars.get(col.key, math.nan) for r in paired]
+            changes = [relative_change(v, b) for v, b in zip(mine, base)]
+            _put(row, f"{col.key}_change_pct", bootstrap_mean(changes, resamples, CONFIDENCE, seed))
+            row[f"{col.key}_improved"] = improved_fraction(mine, base, col.lower_is_better)
+            row[f"{col.key}_improved_of"] = float(sum(math.isfinite(v) and math.isfinite(b)
+                                                      for v, b in zip(mine, base)))
         out[variant] = row
     return out
+
+
+def _put(row: dict[str, float], key: str, iv) -> None:
+    row[key], row[f"{key}_lo"], row[f"{key}_hi"] = iv.mean, iv.lo, iv.hi
 
 
 def _fmt(value: float) -> str:
@@ -200,6 +237,34 @@ def _table(rows: dict[str, dict[str, float]], columns: list[Column]) -> list[str
     return lines
 
 
+def _interval(row: dict[str, float], key: str, pct: bool) -> str:
+    mean, lo, hi = (row.get(k, math.nan) for k in (key, f"{key}_lo", f"{key}_hi"))
+    if not math.isfinite(mean):
+        return "–"
+    if pct:
+        bounds = f" [{lo:+.1f}, {hi:+.1f}]" if math.isfinite(lo) else ""
+        return f"{mean:+.1f} %{bounds}"
+    return _fmt(mean) + (f" [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else "")
+
+
+def _interval_table(agg: dict[str, dict[str, float]], columns: list[Column]) -> list[str]:
+    """One row per (variant, metric): mean and change vs native with intervals, worlds improved."""
+    pct = round(CONFIDENCE * 100)
+    lines = [f"| variant | metric | mean [{pct} % CI] | Δ vs native, mean of per-world [{pct} % CI] "
+             "| worlds improved |", "|---|---|---|---|---|"]
+    for variant, row in agg.items():
+        for c in columns:
+            if c.key not in row:
+                continue
+            arrow = "" if c.lower_is_better is None else (" ↓" if c.lower_is_better else " ↑")
+            of = row.get(f"{c.key}_improved_of", math.nan)
+            frac = row.get(f"{c.key}_improved", math.nan)
+            improved = f"{round(frac * of)}/{int(of)}" if math.isfinite(frac) and of > 0 else "–"
+            lines.append(f"| {variant} | {c.label}{arrow} | {_interval(row, c.key, False)} | "
+                         f"{_interval(row, f'{c.key}_change_pct', True)} | {improved} |")
+    return lines
+
+
 def _per_world_rows(results: list[RunResult], world: str) -> dict[str, dict[str, float]]:
     runs = {r.variant: r for r in results if r.world == world}
     base = runs.get(BASELINE)
@@ -213,72 +278,42 @@ def _per_world_rows(results: list[RunResult], world: str) -> dict[str, dict[str,
     return rows
 
 
-def markdown_report(results: list[RunResult], title: str = "Retrieval A/B report") -> str:
-    """The Markdown report: aggregated table first, then one table per world.
+def markdown_report(results: list[RunResult], title: str = "Retrieval A/B report",
+                    agg: dict[str, dict[str, float]] | None = None) -> str:
+    """The Markdown report: aggregated table, intervals over worlds, then one table per world.
 
     Relative changes are against ``native`` on the same world; for the aggregate they are
     averaged over worlds (not the change of the averages), so one easy world cannot hide others.
+    ``agg`` is :func:`aggregate` of ``results`` (computed when not given).
     """
-    agg = aggregate(results)
+    agg = aggregate(results) if agg is None else agg
     # Only the headline columns: every other scalar is in report.json.
     columns = [c for c in _columns(results) if c in COLUMNS]
     worlds = list(dict.fromkeys(r.world for r in results))
     lines = [f"# {title}", "", f"Worlds: {len(worlds)}. Baseline: `{BASELINE}` "
              "(memory_size 0, same seeds, worlds and attention budget).", ""]
     lines += ["## Aggregated over worlds", ""] + _table(agg, columns) + [""]
+    lines += [f"## Mean and {round(CONFIDENCE * 100)} % interval over worlds", "",
+              f"Every scalar of every variant. Percentile bootstrap over worlds ({DEFAULT_RESAMPLES} "
+              f"resamples, seeded); Δ is the mean over worlds of the per-world change vs `{BASELINE}`; "
+              "worlds improved counts worlds where the variant is better than native on that world "
+              "(– where the metric has no better direction).", ""]
+    lines += _interval_table(agg, _columns(results)) + [""]
     for world in worlds:
         lines += [f"## {world}", ""] + _table(_per_world_rows(results, world), columns) + [""]
     return "\n".join(lines)
 
 
-def _plot_series(results: list[RunResult], path: Path) -> Path | None:
-    keys = sorted({k for r in results for k in r.series})
-    if not keys:
-        return None
-    worlds = list(dict.fromkeys(r.world for r in results))
-    fig, axes = plt.subplots(len(keys), len(worlds), squeeze=False,
-                             figsize=(4 * len(worlds), 2.6 * len(keys)))
-    for i, key in enumerate(keys):
-        for j, world in enumerate(worlds):
-            ax = axes[i][j]
-            drawn = False
-            for r in results:
-                if r.world == world and key in r.series:
-                    style = "k-" if r.variant == BASELINE else "-"
-                    ax.plot(range(len(r.series[key])), r.series[key], style, label=r.variant)
-                    drawn = True
-            ax.set_title(f"{world}: {key}", fontsize=8)
-            ax.set_xlabel("block", fontsize=7)
-            if drawn:
-                ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _plot_retrievals(results: list[RunResult], path: Path) -> Path | None:
-    runs = [r for r in results if r.retrievals]
-    if not runs:
-        return None
-    fig, axes = plt.subplots(len(runs), 1, squeeze=False, figsize=(6, 2.4 * len(runs)))
-    for ax, r in zip((a[0] for a in axes), runs):
-        for entry in r.retrievals:
-            frames = entry["frames"]
-            ax.scatter([entry["block"]] * len(frames), frames, s=10,
-                       c=range(len(frames)), cmap="viridis", vmin=0, vmax=max(len(frames) - 1, 1))
-        ax.set_title(f"{r.world} / {r.variant}: retrieved frame vs block", fontsize=8)
-        ax.set_xlabel("block", fontsize=7)
-        ax.set_ylabel("frame", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
 def _write_tensorboard(results: list[RunResult], agg: dict[str, dict[str, float]],
-                       tb_dir: Path) -> None:
+                       tb_dir: Path, markdown: str, headline: Path | None) -> None:
+    from PIL import Image
+
     with SummaryWriter(log_dir=str(tb_dir)) as writer:
+        writer.add_text("eval/report", markdown, 0)
+        if headline is not None:
+            with Image.open(headline) as image:
+                pixels = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+            writer.add_image("eval/revisit_vs_gap", pixels, 0, dataformats="HWC")
         for variant, row in agg.items():
             for key, value in row.items():
                 if math.isfinite(value):
@@ -290,20 +325,20 @@ def _write_tensorboard(results: list[RunResult], agg: dict[str, dict[str, float]
                         writer.add_scalar(f"eval/{r.world}/{r.variant}/{key}", value, step)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN/inf are not JSON; write them as null so any JSON reader can load the report."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def write_report(results: list[RunResult], out_dir: str | Path,
                  tb_dir: str | Path | None = None, meta: dict | None = None) -> ReportPaths:
-    """Write ``report.md``, ``report.json``, the plots and (optionally) TensorBoard scalars.
+    """Write ``report.md``, ``report.json``, the plots and (optionally) TensorBoard logs.
 
     Args:
         results: One :class:`RunResult` per (world, variant); include ``native`` for changes.
@@ -317,20 +352,29 @@ def write_report(results: list[RunResult], out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results)
+    markdown = markdown_report(results, agg=agg)
     md_path = out / "report.md"
-    md_path.write_text(markdown_report(results) + "\n")
+    md_path.write_text(markdown + "\n")
+    edges = gap_bins(results)
+    curves = gap_curves(results, edges, confidence=CONFIDENCE)
     doc = {"version": REPORT_VERSION, "baseline": BASELINE, "meta": meta or {},
-           "aggregate": agg, "runs": [asdict(r) for r in results]}
+           "bootstrap": {"resamples": DEFAULT_RESAMPLES, "confidence": CONFIDENCE, "seed": 0,
+                         "unit": "world"},
+           "aggregate": agg, "revisit_vs_gap": curves, "runs": [asdict(r) for r in results]}
     json_path = out / "report.json"
-    json_path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-    plots = [p for p in (_plot_series(results, out / "metrics_vs_time.png"),
-                         _plot_retrievals(results, out / "retrievals.png")) if p is not None]
+    json_path.write_text(json.dumps(json_safe(doc), indent=2) + "\n")
+    headline = plot_gap_curves(curves, out / "revisit_vs_gap.png", BASELINE, CONFIDENCE)
+    plots = [p for p in (headline,
+                         plot_gap_per_world(per_world_curves(results, edges), edges.tolist(),
+                                            out / "revisit_vs_gap_per_world.png", BASELINE),
+                         plot_series(results, out / "metrics_vs_time.png", BASELINE),
+                         plot_retrievals(results, out / "retrievals.png")) if p is not None]
     tb = None
     if tb_dir is not None:
         tb = Path(tb_dir)
-        _write_tensorboard(results, agg, tb)
+        _write_tensorboard(results, agg, tb, markdown, headline)
     log.info("report written to %s (%d runs)", out, len(results))
-    return ReportPaths(md_path, json_path, tuple(plots), tb)
+    return ReportPaths(md_path, json_path, tuple(plots), tb, headline)
 
 
 def load_report(path: str | Path) -> dict:
@@ -343,3 +387,15 @@ def load_report(path: str | Path) -> dict:
     if not isinstance(doc, dict) or doc.get("version") != REPORT_VERSION:
         raise ValueError(f"{path}: not an lrag report (field 'version' must be {REPORT_VERSION}).")
     return doc
+
+
+def load_results(path: str | Path) -> list[RunResult]:
+    """The :class:`RunResult` list of a ``report.json`` (nulls back to NaN), e.g. to merge the
+    worlds of several eval jobs into one report with :func:`write_report`."""
+    def nan(values):
+        return [math.nan if v is None else v for v in values]
+
+    return [RunResult(r["world"], r["variant"], dict(zip(r["scalars"], nan(r["scalars"].values()))),
+                      {k: nan(v) for k, v in r.get("series", {}).items()}, r.get("retrievals", []),
+                      r.get("revisit_by_gap", {}))
+            for r in load_report(path)["runs"]]

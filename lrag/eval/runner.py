@@ -31,7 +31,7 @@ from lrag.data.ground_truth import landmark_sightings, relevant_frames, revisit_
 from lrag.data.world_config import WorldConfig
 from lrag.data.world import World
 from lrag.data.world_datamodule import render_world
-from lrag.eval.functional import revisit_errors
+from lrag.eval.functional import revisit_errors, revisit_errors_by_gap
 from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
 from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
 from lrag.assets import ASSET_PREFIX, resolve_asset
@@ -252,7 +252,7 @@ def _series_by_block(video: Tensor, pairs: Tensor, block: int) -> list[float]:
 
 
 def _score(s: EvalSettings, world: dict[str, Any], wcfg: WorldConfig, video: Tensor,
-           retrievals: list[dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
+           retrievals: list[dict]) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list]]:
     meta = world["meta"]
     pairs = torch.tensor([list(r[:4]) for r in revisit_pairs(meta, min_gap=s.window)], dtype=torch.long)
     rc = RevisitConsistency()
@@ -270,7 +270,9 @@ def _score(s: EvalSettings, world: dict[str, Any], wcfg: WorldConfig, video: Ten
     series = {"revisit_mse_by_block": _series_by_block(video[0], pairs.reshape(-1, 4), s.frames_per_block),
               "quality_error": qd.compute()["quality_error"].reshape(-1).tolist(),
               "landmark_drift_by_time": lm_out["landmark_drift_by_time"].reshape(-1).tolist()}
-    return scalars, series
+    gaps, mse, count = revisit_errors_by_gap(video[0], pairs.reshape(-1, 4))
+    by_gap = {"gap": gaps.tolist(), "mse": mse.tolist(), "pairs": count.tolist()}
+    return scalars, series, by_gap
 
 
 def candidate_frames(s: EvalSettings, query_frame: int) -> list[int]:
@@ -312,9 +314,9 @@ def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[Ru
         world = render_world(seed, s.num_frames, wcfg)
         for v in variants(s):
             video, retrievals, fps = generate_video(s, net, world, v, seed)
-            scalars, series = _score(s, world, wcfg, video, retrievals)
+            scalars, series, by_gap = _score(s, world, wcfg, video, retrievals)
             scalars["frames_per_s"] = fps
-            results.append(RunResult(f"world-{seed}", v.name, scalars, series, retrievals))
+            results.append(RunResult(f"world-{seed}", v.name, scalars, series, retrievals, by_gap))
             log.info("world %d %s: revisit %.4g, %.1f frames/s", seed, v.name,
                      scalars["revisit_inconsistency"], fps)
     out = Path(s.out_dir)

@@ -57,7 +57,14 @@ def test_run_eval_end_to_end(tmp_path) -> None:
     assert all(f >= 0 for r in oracle["retrievals"] for f in r["frames"])
     # same seed, same world: the two arms are identical until retrieval starts
     assert len(native["series"]["revisit_mse_by_block"]) == 24 // 3
-    assert {p.name for p in paths.plots} == {"metrics_vs_time.png", "retrievals.png"}
+    assert {p.name for p in paths.plots} == {"metrics_vs_time.png", "retrievals.png", "revisit_vs_gap.png",
+                                             "revisit_vs_gap_per_world.png"}
+    # revisit errors per gap: only pairs past the window, and they average to the headline number
+    by_gap = native["revisit_by_gap"]
+    assert by_gap["gap"] and min(by_gap["gap"]) >= s.window
+    pooled = sum(m * n for m, n in zip(by_gap["mse"], by_gap["pairs"])) / sum(by_gap["pairs"])
+    assert pooled == pytest.approx(native["scalars"]["revisit_inconsistency"], rel=1e-5)
+    assert set(doc["revisit_vs_gap"]) == {"native", "rag-avg_pool", "rag-oracle"}
     assert "## world-1000" in paths.markdown.read_text()
     assert any(paths.tensorboard.glob("events.out.tfevents.*"))
 
