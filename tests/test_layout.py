@@ -35,9 +35,17 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path) -> list[str]:
-    """Every ``lrag`` module imported anywhere in the file (lazy imports included)."""
+    """Every ``lrag`` module imported anywhere in the file (lazy imports included).
+
+    Imports under ``if TYPE_CHECKING:`` are annotations only; they never run, so they are skipped.
+    """
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lrag"):
             found.append(node.module)
         elif isinstance(node, ast.Import):
