@@ -42,7 +42,7 @@ def prefixed_camera(positions: Tensor, camera: Tensor, prefix: int) -> tuple[Ten
 
     >>> pos, cam = prefixed_camera(torch.ones(1, 2, 2), torch.ones(1, 2, 2), 1)
     >>> pos[0, :, 0].tolist(), cam[0, :, 0].tolist()
-    ([nan, 1.0], [0.0, 1.0])
+    ([nan, 1.0, 1.0], [0.0, 1.0, 1.0])
     """
     if not prefix:
         return positions, camera
