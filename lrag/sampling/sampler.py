@@ -201,13 +201,17 @@ class ARSampler:
                source: NoiseSource) -> tuple[Tensor, Tensor, RetrievalRecord | None]:
         """Run one block; with ``x`` given (resume) only its context pass is replayed."""
         start = block * self.frames_per_block
-        record = self.memory.retrieve(start)
+        record = self.memory.take(start)
         mem = self.memory.gather(record, context.device)
-        if x is None:
+        generated = x is None
+        if generated:
             x = self._denoise(cache, source.initial(block).to(context.device, context.dtype),
                               context, start, block, source, mem)
         descriptors = self.memory.describe(x)
+        if generated:  # the context pass evicts nothing now: the next block's retrieval is known
+            self.memory.plan(start + self.frames_per_block)
         self._context_pass(cache, x, context, start, block, mem)
+        self.memory.prefetch(context.device)  # its K/V copies overlap the context pass
         return x, descriptors, record
 
     @torch.no_grad()
