@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--frames", type=int, nargs="+", default=[120], help="latent frames per video (each value is run)")
     p.add_argument("--modes", nargs="+", default=["native", "rag"], choices=["native", "rag"])
-    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "recompute"],
+    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "int8", "recompute"],
                    help="RetrievalMemory.kv_tier values to measure in RAG mode")
     p.add_argument("--descriptor", default="avg_pool", choices=["avg_pool", "ae"], help="ae: random full-size LatentAE")
     p.add_argument("--height", type=int, default=60, help="latent height (480 px / 8)")

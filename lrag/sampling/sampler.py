@@ -198,8 +198,12 @@ class ARSampler:
         )
 
     def _block(self, cache: KVCache, block: int, x: Tensor | None, context: Tensor,
-               source: NoiseSource) -> tuple[Tensor, Tensor, RetrievalRecord | None]:
-        """Run one block; with ``x`` given (resume) only its context pass is replayed."""
+               source: NoiseSource, last: bool = False) -> tuple[Tensor, Tensor, RetrievalRecord | None]:
+        """Run one block; with ``x`` given (resume) only its context pass is replayed.
+
+        Unless it is the ``last`` block, the next block's retrieval is planned before the
+        context pass and its K/V copies are started right after enqueueing it.
+        """
         start = block * self.frames_per_block
         record = self.memory.take(start)
         mem = self.memory.gather(record, context.device)
@@ -208,7 +212,7 @@ class ARSampler:
             x = self._denoise(cache, source.initial(block).to(context.device, context.dtype),
                               context, start, block, source, mem)
         descriptors = self.memory.describe(x)
-        if generated:  # the context pass evicts nothing now: the next block's retrieval is known
+        if generated and not last:  # the context pass evicts nothing: the next retrieval is known now
             self.memory.plan(start + self.frames_per_block)
         self._context_pass(cache, x, context, start, block, mem)
         self.memory.prefetch(context.device)  # its K/V copies overlap the context pass
@@ -258,7 +262,7 @@ class ARSampler:
                     self._recache(cache, out, new)
                 context = new
             given = resume_latents[:, block * f : (block + 1) * f].to(out) if block < done else None
-            x0, desc, record = self._block(cache, block, given, context, noise)
+            x0, desc, record = self._block(cache, block, given, context, noise, last=(block + 1) * f == num_frames)
             out[:, block * f : (block + 1) * f] = x0
             if given is None and on_block is not None:
                 on_block(BlockResult(block, block * f, x0, desc, record, time.perf_counter() - tic))
