@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.memory.kv_store import KVStoreError, OffloadedKV
+from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.retrieval import cosine_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
@@ -64,27 +64,6 @@ class _Stored:
     v: Tensor | None
     offset: Tensor | None = None
     row: int = -1
-
-
-@dataclass
-class _Plan:
-    """A retrieval computed ahead of its block (see :meth:`RetrievalMemory.plan`)."""
-
-    key: tuple[int, int, int]  # (query frame, pool size, descriptors): what the retrieval depended on
-    record: RetrievalRecord | None
-    frames_host: Tensor | None  # record.frames on the host (pinned when copied from CUDA)
-    index_copied: "torch.cuda.Event | None"  # frames_host has landed
-    compute_mark: "torch.cuda.Event | None"  # compute stream past the previous block's denoising
-    kv: tuple[Tensor, Tensor, "torch.cuda.Event | None"] | None = None  # prefetched buffers
-
-
-def _host_copy(t: Tensor) -> tuple[Tensor, "torch.cuda.Event | None"]:
-    """``t`` on the host without blocking: pinned destination plus completion event for CUDA."""
-    if not t.is_cuda:
-        return t, None
-    dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    dst.copy_(t, non_blocking=True)
-    return dst, torch.cuda.current_stream(t.device).record_event()
 
 
 class RetrievalMemory:
@@ -152,8 +131,8 @@ class RetrievalMemory:
         self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
         self._pool: list[_Stored] = []
         self.records: list[RetrievalRecord] = []
-        self._plan: _Plan | None = None
-        self._taken: _Plan | None = None
+        self._plan: PlannedRetrieval | None = None
+        self._taken: PlannedRetrieval | None = None
         if getattr(self, "_offload", None) is not None:
             self._offload.clear()
 
@@ -279,10 +258,10 @@ class RetrievalMemory:
         n = len(self.records)
         record = self.retrieve(query_frame)
         del self.records[n:]  # recorded when taken: the video may end before that block
-        frames_host, copied = _host_copy(record.frames) if record is not None else (None, None)
+        frames_host, copied = host_copy(record.frames) if record is not None else (None, None)
         mark = torch.cuda.current_stream(record.frames.device).record_event() \
             if record is not None and record.frames.is_cuda else None
-        self._plan = _Plan(self._key(query_frame), record, frames_host, copied, mark)
+        self._plan = PlannedRetrieval(self._key(query_frame), record, frames_host, copied, mark)
 
     def prefetch(self, device: torch.device | str) -> None:
         """Start copying the planned block's K/V to ``device`` on the side stream.
@@ -371,7 +350,7 @@ class RetrievalMemory:
         if taken is not None and taken.record is record and taken.kv is not None:
             k, v, done = taken.kv
         else:  # not planned (first retrieval, resumed block): fetch now
-            frames_host, copied = _host_copy(record.frames)
+            frames_host, copied = host_copy(record.frames)
             if copied is not None:
                 copied.synchronize()
             k, v, done = self._fill(frames_host, device, None)

@@ -21,12 +21,15 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
-__all__ = ["HostRing", "KVStoreError", "OffloadedKV", "dequantize_int8", "quantize_int8"]
+__all__ = [
+    "HostRing", "KVStoreError", "OffloadedKV", "PlannedRetrieval", "dequantize_int8", "host_copy", "quantize_int8",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,12 @@ class _Chunk:
             for t in self.tensors():
                 torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
             self.pinned = False
+
+    def __del__(self) -> None:  # freed memory must not stay registered (a later register would fail)
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: CUDA may be gone already
+            pass
 
 
 class HostRing:
@@ -190,6 +199,27 @@ class HostRing:
         for chunk in self.chunks:
             chunk.release()
         self.chunks, self.size = [], 0
+
+
+@dataclass
+class PlannedRetrieval:
+    """A retrieval computed ahead of its block (see :meth:`~lrag.memory.bank.RetrievalMemory.plan`)."""
+
+    key: tuple[int, int, int]  # (query frame, pool size, descriptors): what the retrieval depended on
+    record: Any  # RetrievalRecord | None
+    frames_host: Tensor | None  # record.frames on the host (pinned when copied from CUDA)
+    index_copied: "torch.cuda.Event | None"  # frames_host has landed
+    compute_mark: "torch.cuda.Event | None"  # compute stream past the previous block's denoising
+    kv: tuple[Tensor, Tensor, "torch.cuda.Event | None"] | None = None  # prefetched buffers
+
+
+def host_copy(t: Tensor) -> tuple[Tensor, "torch.cuda.Event | None"]:
+    """``t`` on the host without blocking: pinned destination plus completion event for CUDA."""
+    if not t.is_cuda:
+        return t, None
+    dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    dst.copy_(t, non_blocking=True)
+    return dst, torch.cuda.current_stream(t.device).record_event()
 
 
 @dataclass

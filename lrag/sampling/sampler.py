@@ -72,7 +72,10 @@ class SeededNoise:
         # A fixed integer mix (not Python's salted hash) keeps draws stable across processes.
         key = (self.seed * 1_000_003 + block) * 1_009 + draw
         gen = torch.Generator().manual_seed(key % (2**63 - 1))
-        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+        draw = torch.randn(shape, generator=gen).to(self.dtype)
+        if torch.device(self.device).type == "cuda":  # a pageable copy would wait for the GPU to drain
+            return draw.pin_memory().to(self.device, non_blocking=True)
+        return draw.to(self.device)
 
     def initial(self, block: int) -> Tensor:
         return self._draw(block, 0, (self.batch, self.frames_per_block, *self.frame_shape))
@@ -252,6 +255,7 @@ class ARSampler:
         b, _, c, h, w = first.shape
         done = self._check_resume(resume_latents, (b, c, h, w), num_frames)
         cache = self._new_cache(b, h, w, context)
+        self._reserve(cache, num_frames)
         out = torch.empty(b, num_frames, c, h, w, dtype=context.dtype, device=context.device)
         self._install_recompute(out, lambda: context)
         for block in range(num_frames // f):
@@ -267,6 +271,13 @@ class ARSampler:
             if given is None and on_block is not None:
                 on_block(BlockResult(block, block * f, x0, desc, record, time.perf_counter() - tic))
         return out
+
+    def _reserve(self, cache: KVCache, num_frames: int) -> None:
+        """Reserve the host ring (host/int8 tiers) for every frame this video can evict, now:
+        growing it later would page-lock memory inside the block loop (a stall)."""
+        k = cache.layers[0].k
+        shape = (k.shape[0], len(cache.layers), cache.tokens_per_frame, k.shape[2], k.shape[3])
+        self.memory.reserve(max(num_frames - self.policy.window, 0), shape, k.dtype, k.device)
 
     def _recache(self, cache: KVCache, out: Tensor, context: Tensor) -> None:
         """Prompt switch: re-encode the non-sink frames of the KV window with ``context``.
