@@ -81,6 +81,12 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
                 p.zero_()
             else:  # norm gains
                 p.fill_(1.0)
+    if getattr(args, "compile", False):
+        # Only the regions with one shape per run: self-attention goes through the KV cache's
+        # Python bookkeeping (slices that change until the window is full), which would recompile.
+        for block in model.blocks:
+            block.ffn = torch.compile(block.ffn, dynamic=False)
+            block.cross_attn.cross_attention = torch.compile(block.cross_attn.cross_attention, dynamic=False)
     return model
 
 
