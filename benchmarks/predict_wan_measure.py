@@ -10,6 +10,7 @@ Errors and skips become a run's status instead of aborting.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import statistics
@@ -185,6 +186,8 @@ def summarise(trace: Trace, sampler, out: torch.Tensor, frames: int, wall: float
         "stored_kv_gib": stored / GIB,
         "stored_kv_mib_per_frame": stored / MIB / frames,
         "finite": bool(torch.isfinite(out).all()),
+        # Exact tiers must reproduce the device tier bit for bit (side-stream races would show here).
+        "latents_sha256": hashlib.sha256(out.contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest(),
         "latent_std": float(out.float().std()),
     }
 

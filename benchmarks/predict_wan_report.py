@@ -11,7 +11,12 @@ REFERENCE_NATIVE_FPS = 6.0  # DESIGN.md: the reference's native 1.3B bf16 throug
 def add_ratios(runs: list[dict]) -> None:
     """Throughput of each run relative to the native run of the same repeat and length."""
     native = {(r["repeat"], r["frames"]): r["frames_per_s"] for r in runs if r["mode"] == "native" and r["status"] == "ok"}
+    device = {(r["repeat"], r["frames"]): r.get("latents_sha256") for r in runs
+              if r["mode"] == "rag-device" and r["status"] == "ok"}
     for r in runs:
+        ref = device.get((r.get("repeat"), r.get("frames")))
+        if r["status"] == "ok" and ref and r["mode"].startswith("rag-"):
+            r["equal_to_device_tier"] = r.get("latents_sha256") == ref
         base = native.get((r.get("repeat"), r.get("frames")))
         if r["status"] == "ok" and base:
             r["throughput_vs_native"] = r["frames_per_s"] / base
@@ -30,7 +35,8 @@ COLUMNS = [("mode", "mode", "s"), ("frames", "frames", "d"), ("latent frames/s",
            ("host MiB/frame incl. ring", "host_mib_per_frame_incl_ring", ".1f"),
            ("ring / logical KV", "host_ring_vs_logical_kv", ".3f"), ("ring reserve s", "reserve_s", ".1f"),
            ("frames copied/block", "copied_frames_per_block", ".2f"),
-           ("stored KV MiB/frame", "stored_kv_mib_per_frame", ".1f"), ("finite", "finite", ""), ("status", "status", "s")]
+           ("stored KV MiB/frame", "stored_kv_mib_per_frame", ".1f"), ("finite", "finite", ""),
+           ("latents = device tier", "equal_to_device_tier", ""), ("status", "status", "s")]
 
 
 def fmt(value, spec: str) -> str:

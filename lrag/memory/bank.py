@@ -247,8 +247,8 @@ class RetrievalMemory:
     def plan(self, query_frame: int) -> None:
         """Retrieve for the block starting at ``query_frame`` now, ahead of it.
 
-        Call once the block's query descriptor exists and before enqueueing work that does not
-        change the pool (the context pass). The frame indices start their way to the host;
+        Call once the block's query descriptor exists and before enqueueing the previous block's
+        context pass (it evicts nothing, so the pool is final). The frame indices start their way to the host;
         :meth:`prefetch` then starts the K/V copies. Only the host/int8 tiers plan; the result
         is used by :meth:`take` if nothing it depends on has changed by then.
         """

@@ -244,6 +244,11 @@ class OffloadedKV:
     reused_frames: int = 0
 
     def _ensure_ring(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> HostRing:
+        if self.ring is not None and (self.ring.shape, self.ring.dtype) != (shape, dtype):
+            if self.ring.size:
+                raise KVStoreError(f"host KV ring holds frames of {self.ring.shape} {self.ring.dtype}, "
+                                   f"got {shape} {dtype}; call RetrievalMemory.reset() between videos")
+            self.release()  # a new video of another size: re-reserve
         if self.ring is None:
             cuda = device.type == "cuda"
             self.ring = HostRing(shape, dtype, self.quantized, cuda, self.chunk_frames, self.budget_bytes)

@@ -75,6 +75,8 @@ def test_retrieval_and_stored_kv_follow_the_tier(smoke) -> None:
     assert runs["rag-host"]["host_ring_vs_logical_kv"] == pytest.approx(1.0)
     assert runs["rag-int8"]["host_ring_vs_logical_kv"] == pytest.approx((1 + 4 / 96) / 4)  # int8 + scale vs fp32
     assert runs["rag-host"]["copied_frames_per_block"] == 1.0 and runs["native"]["copied_frames_per_block"] == 0
+    assert runs["rag-host"]["equal_to_device_tier"] is True  # exact tier: bit-identical latents
+    assert runs["rag-int8"]["equal_to_device_tier"] is False and "equal_to_device_tier" not in runs["native"]
     assert runs["native"]["stored_kv_mib_per_frame"] == 0
 
 

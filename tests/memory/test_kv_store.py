@@ -138,3 +138,26 @@ def test_memory_budget_error_names_the_knob() -> None:
     assert mem.host_reserved_bytes() == 10 * 2 * (3 * 4 * 16 + 4 * 3 * 4)
     mem.release_storage()
     assert mem.host_reserved_bytes() == 0
+
+
+def test_offloaded_gather_carries_the_frames_offsets() -> None:
+    mems = {t: RetrievalMemory(2, 0, kv_tier=t) for t in ("device", "host")}
+    for mem in mems.values():
+        _descriptors(mem, 6)
+        ev = _evicted([1, 2, 3], 0)
+        ev.offsets = torch.tensor([[[1.0, -1.0], [2.0, -2.0], [3.0, -3.0]]])
+        mem.store(ev)
+    ref = mems["device"].gather(mems["device"].retrieve(6), "cpu")
+    got = mems["host"].gather(mems["host"].take(6), "cpu")  # unplanned: fetched on the spot
+    assert torch.equal(got.offsets, ref.offsets) and got.offsets.shape == (1, 2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(got.k + got.v, ref.k + ref.v))
+
+
+def test_a_video_of_another_size_re_reserves_the_ring() -> None:
+    kv = OffloadedKV()
+    kv.reserve(4, SHAPE, torch.float32, "cpu")
+    other = (1, *SHAPE[1:])
+    kv.append(torch.zeros(other), torch.zeros(other))  # empty ring of the wrong shape: replaced
+    assert kv.ring.shape == other and kv.ring.size == 1
+    with pytest.raises(KVStoreError, match="reset"):
+        kv.append(*_frame(0))
