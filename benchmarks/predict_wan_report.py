@@ -53,7 +53,8 @@ def markdown(result: dict) -> str:
         f"steps {cfg['steps']}, window {cfg['window']}, sink {cfg['sink']}, K {cfg['memory_size']}, "
         f"R {cfg['recent_exclude']}, descriptor `{cfg['descriptor']}`",
         "",
-        f"Device: {env['gpu'] or env['device']}, torch {env['torch']}, CUDA {env['cuda']}, dtype {env['dtype']}; "
+        f"Device: {env['gpu'] or env['device']}, torch {env['torch']}, CUDA {env['cuda']}, dtype {env['dtype']}, "
+        f"SDPA backends enabled {'/'.join(env.get('sdpa_enabled') or ['-'])}; "
         f"random weights; {cfg['warmup_blocks']} untimed warmup block(s) per mode.",
         "",
         "| " + " | ".join(c[0] for c in COLUMNS) + " |",
