@@ -133,6 +133,8 @@ class RetrievalMemory:
         self.records: list[RetrievalRecord] = []
         self._plan: PlannedRetrieval | None = None
         self._taken: PlannedRetrieval | None = None
+        self._recomputed = {}
+        self.recomputed_frames = self.reused_frames = 0
         if getattr(self, "_offload", None) is not None:
             self._offload.clear()
 
@@ -154,6 +156,11 @@ class RetrievalMemory:
     def set_recompute(self, fn: RecomputeFn | None) -> None:
         """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
         self._recompute = fn
+        self.forget_recomputed()
+
+    def forget_recomputed(self) -> None:
+        """Drop the recompute tier's GPU cache (its K/V depend on the prompt: call on a switch)."""
+        self._recomputed: dict[int, tuple[Tensor, Tensor]] = {}  # frame -> (layers, B, tokens, h, d) K, V
 
     @property
     def pool_size(self) -> int:
@@ -315,9 +322,9 @@ class RetrievalMemory:
         return 0 if ring is None else ring.reserved_bytes
 
     def copy_stats(self) -> dict[str, int]:
-        """Frames copied from the host ring vs reused on the GPU since :meth:`reset`."""
-        if self._offload is None:
-            return {"copied_frames": 0, "reused_frames": 0}
+        """Frames copied from the host ring (recompute tier: rebuilt) vs reused on the GPU since :meth:`reset`."""
+        if self._offload is None:  # recompute tier: frames rebuilt vs kept from the previous block
+            return {"copied_frames": self.recomputed_frames, "reused_frames": self.reused_frames}
         return {"copied_frames": self._offload.copied_frames, "reused_frames": self._offload.reused_frames}
 
     def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
@@ -379,11 +386,20 @@ class RetrievalMemory:
         if self._recompute is None:
             raise RuntimeError("kv_tier 'recompute' needs a hook: the sampler installs it via set_recompute()")
         b, k_sel = record.frames.shape
-        ks, vs = [], []
-        for bi in range(b):
-            k_l, v_l = self._recompute([int(f) for f in record.frames[bi]])
-            ks.append(torch.stack([k[bi] for k in k_l]))  # (layers, k, tokens, h, d)
-            vs.append(torch.stack([v[bi] for v in v_l]))
+        rows = record.frames.tolist()  # the hook needs the frames on the host: one sync per block
+        # Frames retrieved by the previous block are still on the GPU; the others are rebuilt in
+        # one batched pass (each frame still attends only to itself).
+        wanted = {f for row in rows for f in row}  # a frame retrieved by several samples is built once
+        new = sorted(wanted - self._recomputed.keys())
+        if new:
+            k_l, v_l = self._recompute(new)  # per layer [B, n, tokens, h, d]
+            for j, frame in enumerate(new):
+                self._recomputed[frame] = (torch.stack([k[:, j] for k in k_l]), torch.stack([v[:, j] for v in v_l]))
+        self.recomputed_frames += len(new)
+        self.reused_frames += len(wanted) - len(new)
+        self._recomputed = {f: self._recomputed[f] for row in rows for f in row}  # this block's only
+        ks = [torch.stack([self._recomputed[f][0][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
+        vs = [torch.stack([self._recomputed[f][1][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
         k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         offsets = self._gather_offsets(self._pool_slots(record.frames), device)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
@@ -287,6 +288,7 @@ class ARSampler:
         place (one forward over the whole window, full attention among those frames);
         the sink keeps the old prompt's K/V and the retrieval pool is untouched.
         """
+        self.memory.forget_recomputed()  # rebuilt K/V of retrieved frames belong to the old prompt
         sink = min(self.policy.sink, cache.num_filled)
         if cache.num_filled <= sink:
             return
@@ -296,27 +298,26 @@ class ARSampler:
         self.backbone(frames, t, context, cache, start, None)
 
     def _install_recompute(self, out: Tensor, context: Callable[[], Tensor]) -> None:
-        """For ``kv_tier: recompute``: rebuild a stored frame's K/V from its clean latent.
+        """For ``kv_tier: recompute``: rebuild stored frames' K/V from their clean latents.
 
         Each frame is re-encoded alone (attending only to itself) at ``t = context_noise``,
         so the K/V approximate, and are not bit-identical to, the ones it had when it
-        was evicted (then it also attended to its sink and local window).
+        was evicted (then it also attended to its sink and local window). All frames of a
+        call go through one forward, as a batch of ``frames x B`` one-frame videos.
         """
         if self.memory.kv_tier != "recompute":
             return
         h, w = out.shape[-2:]
 
         def rebuild(frames: list[int]) -> tuple[list[Tensor], list[Tensor]]:
-            ks, vs = [], []
-            for frame in frames:
-                cache = self.backbone.new_cache(AttentionPolicy(1, 0), out.shape[0], h, w,
-                                                dtype=out.dtype, device=out.device)
-                x = out[:, frame : frame + 1]
-                t = torch.full(x.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=x.device)
-                self.backbone(x, t, context(), cache, 0, None)  # alone: its position is irrelevant
-                ks.append([layer.k.unsqueeze(1) for layer in cache.layers])
-                vs.append([layer.v.unsqueeze(1) for layer in cache.layers])
-            return [torch.cat(per, dim=1) for per in zip(*ks)], [torch.cat(per, dim=1) for per in zip(*vs)]
+            n, b = len(frames), out.shape[0]
+            x = rearrange(out[:, frames], "b n c h w -> (n b) 1 c h w")
+            cache = self.backbone.new_cache(AttentionPolicy(1, 0), n * b, h, w, dtype=out.dtype, device=out.device)
+            t = torch.full(x.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=x.device)
+            self.backbone(x, t, context().repeat(n, 1, 1), cache, 0, None)  # alone: position irrelevant
+            ks = [rearrange(layer.k, "(n b) t h d -> b n t h d", n=n) for layer in cache.layers]
+            vs = [rearrange(layer.v, "(n b) t h d -> b n t h d", n=n) for layer in cache.layers]
+            return ks, vs
 
         self.memory.set_recompute(rebuild)
 

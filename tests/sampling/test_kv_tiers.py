@@ -104,3 +104,30 @@ def test_host_tier_is_bit_identical_with_a_batch_of_two() -> None:
     assert torch.equal(runs["host"][0], runs["device"][0])
     ring = runs["host"][2]._offload.ring
     assert ring.reserved_bytes == (20 - 6) * ring.frame_bytes  # the sampler reserved the video up front
+
+
+def test_recompute_tier_rebuilds_only_newly_retrieved_frames() -> None:
+    from lrag.nets.wan import build_tiny
+    from lrag.sampling.sampler import SeededNoise
+
+    torch.manual_seed(0)
+    model = build_tiny(num_layers=1).eval()
+    context = torch.randn(2, 4, model.config.text_dim, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    for cached in (True, False):
+        memory = RetrievalMemory(3, 1, kv_tier="recompute")
+        if not cached:  # forget before every block: every retrieved frame is rebuilt
+            gather = memory.gather
+            memory.gather = lambda record, device: (memory.forget_recomputed(), gather(record, device))[1]
+        sampler = ARSampler(model, FlowMatchSchedule(denoising_steps=[1000, 500]), memory,
+                            SamplerSettings(frames_per_block=2, window=7, sink=1))
+        out = sampler(SeededNoise(1, 2, model.config.in_dim, 4, 4, 2), context, 24)
+        runs[cached] = (out, [r.frames.tolist() for r in memory.records], memory.copy_stats())
+    assert runs[True][1] == runs[False][1]
+    stats = runs[True][2]
+    assert stats["reused_frames"] > 0 and stats["copied_frames"] < runs[False][2]["copied_frames"]
+    assert runs[False][2]["reused_frames"] == 0
+    # A frame's rebuilt K/V do not depend on what it is batched with (up to GEMM blocking).
+    torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-5, atol=1e-5)
+    distinct = sum(len({f for row in block for f in row}) for block in runs[True][1])
+    assert stats["copied_frames"] + stats["reused_frames"] == distinct == runs[False][2]["copied_frames"]
