@@ -51,6 +51,10 @@ def dequantize_int8(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (q.float() * scale[..., None, None]).to(dtype)
 
 
+def _can_register() -> bool:
+    return hasattr(torch.cuda.cudart(), "cudaHostRegister")
+
+
 def _pin(t: Tensor) -> None:
     """Page-lock ``t``'s memory in place (exact size: no power-of-two rounding)."""
     err = int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0))
@@ -136,15 +140,20 @@ class HostRing:
                 f"RetrievalMemory.host_budget_gib={self.budget_bytes / 2**30:.2f}; raise it, use kv_tier 'int8' "
                 f"(half the bytes) or 'recompute' (none)")
         values = torch.int8 if self.quantized else self.dtype
+        # Without cudaHostRegister in this torch build, fall back to torch's pinned allocator
+        # (it rounds each block up to a power of two: up to 2x the bytes).
+        fallback = self.pin and not _can_register()
+        if fallback:
+            log.warning("torch.cuda.cudart() lacks cudaHostRegister: the host ring uses pin_memory=True blocks")
         try:
-            k, v = (torch.empty((missing, *self.shape), dtype=values) for _ in range(2))
-            scales = [torch.empty((missing, *self.shape[:-2]), dtype=torch.float32) for _ in range(2)] \
-                if self.quantized else [None, None]
+            k, v = (torch.empty((missing, *self.shape), dtype=values, pin_memory=fallback) for _ in range(2))
+            scales = [torch.empty((missing, *self.shape[:-2]), dtype=torch.float32, pin_memory=fallback)
+                      for _ in range(2)] if self.quantized else [None, None]
         except RuntimeError as err:  # out of host memory
             raise KVStoreError(f"host KV ring: cannot allocate {missing} frames ({err}); lower "
                                f"RetrievalMemory.host_budget_gib or use kv_tier 'int8' / 'recompute'") from None
         chunk = _Chunk(k, v, *scales, pinned=False)
-        if self.pin:
+        if self.pin and not fallback:
             for t in chunk.tensors():
                 _pin(t)
                 chunk.pinned = True
