@@ -67,14 +67,14 @@ run_step() {
 
 # Estimate (1.3B, 832x480, ~6 latent frames/s native): model build + warmups ~30 s per step.
 # 1. 120 latent frames, every KV tier (~20 s each; the host ring pins 31 GiB, int8 16 GiB): ~150 s.
-run_step predict_wan_$SHORT 200 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+run_step predict_wan_$SHORT 230 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
   --frames "$SHORT" --modes native rag --kv-tier device host int8 recompute \
   --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$SHORT.json"
 
 # 2. 480 latent frames: native and the int8 ring (~80 s each, 67 GiB pinned): ~210 s. The exact
 #    tiers cannot hold 468 evicted frames x 288 MiB = 126 GiB on this card or in its 128 GiB of
 #    host memory (their pre-flight would skip them), and 960 frames fit no tier here, so neither runs.
-run_step predict_wan_$LONG 300 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+run_step predict_wan_$LONG 280 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
   --frames "$LONG" --modes native rag --kv-tier int8 \
   --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$LONG.json"
 
