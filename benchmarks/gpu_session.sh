@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session for the full-size benchmarks (issue 6; DESIGN.md "Where speed comes from").
+# One GPU session for the full-size benchmarks (issues 6 and 11; DESIGN.md "Where speed comes from").
 #
 #   bash benchmarks/gpu_session.sh            # from the repository root, on the GPU machine
 #
@@ -7,14 +7,15 @@
 # <step>.md (Markdown on stdout), <step>.log (stderr), <step>.json, summary.txt and
 # BENCHMARKS_gpu.md (all Markdown sections, ready to merge into BENCHMARKS.md).
 # Every step runs under `timeout` and inside a global budget (LRAG_GPU_BUDGET_S, default
-# 510 s), so a slow or failing step never takes the later ones down with it; the
+# 470 s: the whole script fits 8 minutes on one H200), so a slow or failing step never takes the
+# later ones down with it; the
 # predict_wan steps get a --time-budget a little under their timeout, so they skip runs
 # they cannot finish instead of being killed (their JSON is rewritten after every run).
 set -uo pipefail
 set -x
 
 OUT=${OUT:-./gpu_out}
-BUDGET_S=${LRAG_GPU_BUDGET_S:-510}
+BUDGET_S=${LRAG_GPU_BUDGET_S:-470}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
@@ -64,33 +65,25 @@ run_step() {
   if (( rc != 0 )); then FAILED+=("$name"); tail -n 25 "$OUT/$name.log"; fi
 }
 
-# 1. 120 latent frames: native vs RAG with every KV tier (the issue-6 acceptance numbers).
-run_step predict_wan_$SHORT 250 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
-  --frames "$SHORT" --modes native rag --kv-tier device host recompute \
+# Estimate (1.3B, 832x480, ~6 latent frames/s native): model build + warmups ~30 s per step.
+# 1. 120 latent frames, every KV tier (~20 s each; the host ring pins 31 GiB, int8 16 GiB): ~150 s.
+run_step predict_wan_$SHORT 230 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+  --frames "$SHORT" --modes native rag --kv-tier device host int8 recompute \
   --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$SHORT.json"
 
-# 2. Frame embedder fit on the GPU (helper A's script), if it is in this checkout.
-#    Its flags are taken from its --help (or LRAG_EMBEDDER_ARGS), so a renamed flag cannot break the call.
-if [[ -f benchmarks/embedder_fit.py ]]; then
-  if [[ -n ${LRAG_EMBEDDER_ARGS:-} ]]; then
-    read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
-  else
-    EMB_HELP=$(timeout 60 python3 benchmarks/embedder_fit.py --help 2>&1)
-    EMB_ARGS=()
-    [[ $EMB_HELP == *--device* ]] && EMB_ARGS+=(--device "$DEVICE")
-    [[ $EMB_HELP == *--json* ]] && EMB_ARGS+=(--json "$OUT/embedder_fit.json")
-  fi
-  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py "${EMB_ARGS[@]}"
-else
-  echo "SKIP embedder_fit: benchmarks/embedder_fit.py is not in this checkout" | tee -a "$OUT/summary.txt"
-fi
-
-# 3. 480 latent frames with what is left: native, then RAG. The device tier's pool
-#    (468 evicted frames x ~288 MiB) cannot fit one GPU, so the pre-flight records a skip
-#    for it; the recompute tier stores no K/V and runs if the time estimate allows.
-run_step predict_wan_$LONG 600 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
-  --frames "$LONG" --modes native rag --kv-tier device recompute \
+# 2. 480 latent frames: native and the int8 ring (~80 s each, 67 GiB pinned): ~210 s. The exact
+#    tiers cannot hold 468 evicted frames x 288 MiB = 126 GiB on this card or in its 128 GiB of
+#    host memory (their pre-flight would skip them), and 960 frames fit no tier here, so neither runs.
+run_step predict_wan_$LONG 280 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+  --frames "$LONG" --modes native rag --kv-tier int8 \
   --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$LONG.json"
+
+# 3. Optional (LRAG_GPU_EMBEDDER=1): the frame embedder fit of issue 6, if time is left.
+if [[ ${LRAG_GPU_EMBEDDER:-0} == 1 && -f benchmarks/embedder_fit.py ]]; then
+  EMB_ARGS=(--device "$DEVICE")
+  [[ -n ${LRAG_EMBEDDER_ARGS:-} ]] && read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
+  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py "${EMB_ARGS[@]}"
+fi
 
 # -- collect -----------------------------------------------------------------------------
 {

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--frames", type=int, nargs="+", default=[120], help="latent frames per video (each value is run)")
     p.add_argument("--modes", nargs="+", default=["native", "rag"], choices=["native", "rag"])
-    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "recompute"],
+    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "int8", "recompute"],
                    help="RetrievalMemory.kv_tier values to measure in RAG mode")
     p.add_argument("--descriptor", default="avg_pool", choices=["avg_pool", "ae"], help="ae: random full-size LatentAE")
     p.add_argument("--height", type=int, default=60, help="latent height (480 px / 8)")
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=0.0, help="skip runs estimated to end after this many s (0: off)")
     p.add_argument("--force", action="store_true", help="run even when the memory pre-flight says it cannot fit")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each block's FFN and cross-attention (fixed shapes); every mode alike")
     p.add_argument("--json", default=None, help="write results to this JSON file (rewritten after every run)")
     args = p.parse_args(argv)
     if any(f <= 0 or f % args.frames_per_block for f in args.frames):

@@ -1,13 +1,16 @@
 """Measuring sampler runs for ``predict_wan.py``: per-block timing, GPU/host memory, pre-flight.
 
-One run is one sampler call; every block is timed after a device sync and samples host RSS and
-allocated GPU memory, so growth per frame is a slope over blocks (the first blocks, which fill
-the window, are skipped). Errors and skips become a run's status instead of aborting.
+One run is one sampler call; every block end records a CUDA event (no device sync, so the host
+may run ahead exactly as in production) and samples host RSS and allocated GPU memory, so growth
+per frame is a slope over blocks (the first blocks, which fill the window, are skipped). The host
+ring of the host/int8 tiers is reserved (pinned) before the clock starts and reported apart.
+Errors and skips become a run's status instead of aborting.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import statistics
@@ -16,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from predict_wan_setup import GIB, MIB, Mode, make_noise
+from predict_wan_setup import GIB, MIB, Mode, kv_bytes_per_frame, make_noise
 
 log = logging.getLogger("predict_wan")
 
 SLOPE_FROM_BLOCK = 5  # growth slopes skip the blocks that fill the window
+EDGE_BLOCKS = 5  # per-block time of the first and last this many blocks (no growth with length)
+PIN_GIB_PER_S = 4.0  # conservative page-locking speed, for the time estimate of a reservation
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Trace:
     """Per-block samples of one run (times after a device sync)."""
 
     block_s: list[float] = field(default_factory=list)
+    events: list = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     gpu: list[float] = field(default_factory=list)
@@ -60,7 +66,7 @@ def sync(device: torch.device) -> None:
 
 def release(sampler, device: torch.device) -> None:
     """Drop the memory pool and hand cached device/pinned blocks back, so the next run starts clean."""
-    sampler.memory.reset()
+    sampler.memory.release_storage()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         try:  # pinned blocks stay cached by torch otherwise; private API, absent in some builds
@@ -77,16 +83,33 @@ def preflight(mode: Mode, frames: int, kv_frame: int, args: argparse.Namespace, 
     if mode.kv_tier == "device" and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         need, have, where = stored * kv_frame, free - 4 * GIB, "free GPU memory (minus 4 GiB headroom)"
-    elif mode.kv_tier in ("host", "device") and (avail := _proc_bytes("/proc/meminfo", "MemAvailable:")):
-        # Pinned host blocks (K and V apart) are rounded up to a power of two by torch's caching host allocator.
-        per = 2 * 2 ** math.ceil(math.log2(kv_frame // 2)) if device.type == "cuda" else kv_frame
-        need, have, where = stored * per, 0.85 * avail, "85% of MemAvailable"
+    elif mode.kv_tier in ("host", "int8", "device") and (avail := _proc_bytes("/proc/meminfo", "MemAvailable:")):
+        # The host ring is reserved exactly (no power-of-two rounding); int8 halves it (+ scales).
+        need, have, where = stored * ring_bytes_per_frame(mode, kv_frame), 0.85 * avail, "85% of MemAvailable"
     else:  # recompute stores nothing
         return None
     if need > have:
         return (f"skipped: the pool would hold {stored} frames x {kv_frame / MIB:.0f} MiB = {need / GIB:.1f} GiB, "
                 f"more than {where} ({have / GIB:.1f} GiB); pass --force to try anyway")
     return None
+
+
+def ring_bytes_per_frame(mode: Mode, kv_frame: int) -> int:
+    """Host-ring bytes of one evicted frame: the logical KV, or int8 values + float32 per-token scales."""
+    if mode.kv_tier == "int8":  # a float32 scale per token of dim >= 400 values is < 1 % on top
+        return int(kv_frame / 2 * 1.01)
+    return kv_frame
+
+
+def reserve(sampler, frames: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> float:
+    """Reserve the host ring for every frame this run evicts (host/int8 tiers); returns seconds."""
+    model = sampler.backbone
+    th, tw = model.token_grid(args.height, args.width)
+    cfg = model.config
+    shape = (1, cfg.num_layers, th * tw, cfg.num_heads, cfg.dim // cfg.num_heads)
+    tic = time.perf_counter()
+    sampler.memory.reserve(max(frames - args.window, 0), shape, dtype, device)
+    return time.perf_counter() - tic
 
 
 def run_once(sampler, context: torch.Tensor, frames: int, args: argparse.Namespace,
@@ -97,16 +120,23 @@ def run_once(sampler, context: torch.Tensor, frames: int, args: argparse.Namespa
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    rss_pre = _proc_bytes("/proc/self/status", "VmRSS:")
+    reserve_s = reserve(sampler, frames, args, device, context.dtype)
     sync(device)
     rss0, tic = _proc_bytes("/proc/self/status", "VmRSS:"), time.perf_counter()
     last = tic
+    cuda = device.type == "cuda"
+    if cuda:
+        trace.events.append(torch.cuda.current_stream(device).record_event(torch.cuda.Event(enable_timing=True)))
 
     def on_block(result) -> None:
         nonlocal last
-        sync(device)
-        now = time.perf_counter()
-        trace.block_s.append(now - last)
-        last = now
+        if cuda:  # GPU time stamps: no sync, the host keeps running ahead
+            trace.events.append(torch.cuda.current_stream(device).record_event(torch.cuda.Event(enable_timing=True)))
+        else:
+            now = time.perf_counter()
+            trace.block_s.append(now - last)
+            last = now
         trace.frames.append(result.start_frame + result.latents.shape[1])
         trace.rss.append(_proc_bytes("/proc/self/status", "VmRSS:") or 0.0)
         trace.gpu.append(float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0.0)
@@ -115,7 +145,20 @@ def run_once(sampler, context: torch.Tensor, frames: int, args: argparse.Namespa
     out = sampler(noise, context, frames, on_block=on_block)
     sync(device)
     wall = time.perf_counter() - tic
-    return summarise(trace, sampler, out, frames, wall, rss0, device), out
+    if cuda:
+        trace.block_s = [a.elapsed_time(b) / 1e3 for a, b in zip(trace.events, trace.events[1:])]
+    stats = summarise(trace, sampler, out, frames, wall, rss0, device)
+    ring = sampler.memory.host_reserved_bytes()
+    stored = max(frames - args.window, 1)
+    stats.update({
+        "reserve_s": reserve_s,
+        "host_ring_mib_per_frame": ring / MIB / stored,
+        "host_ring_vs_logical_kv": ring / stored / kv_bytes_per_frame(sampler.backbone, args, context.dtype)
+        if ring else None,
+        "host_mib_per_frame_incl_ring": None if rss_pre is None else (trace.rss[-1] - rss_pre) / MIB / frames,
+        **{f"{k}_per_block": v / max(trace.retrieved, 1) for k, v in sampler.memory.copy_stats().items()},
+    })
+    return stats, out
 
 
 def summarise(trace: Trace, sampler, out: torch.Tensor, frames: int, wall: float, rss0: float | None,
@@ -133,6 +176,8 @@ def summarise(trace: Trace, sampler, out: torch.Tensor, frames: int, wall: float
         if late else None,  # blocks >= 5 only: RAG retrieves from there on
         "block_ms_median": 1e3 * statistics.median(trace.block_s),
         "block_ms_max": 1e3 * max(trace.block_s),
+        "block_ms_first5": 1e3 * statistics.fmean(trace.block_s[:EDGE_BLOCKS]),
+        "block_ms_last5": 1e3 * statistics.fmean(trace.block_s[-EDGE_BLOCKS:]),
         "blocks_with_retrieval": trace.retrieved,
         "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
         "gpu_growth_mib_per_frame": None if gpu_slope is None else gpu_slope / MIB,
@@ -141,6 +186,8 @@ def summarise(trace: Trace, sampler, out: torch.Tensor, frames: int, wall: float
         "stored_kv_gib": stored / GIB,
         "stored_kv_mib_per_frame": stored / MIB / frames,
         "finite": bool(torch.isfinite(out).all()),
+        # Exact tiers must reproduce the device tier bit for bit (side-stream races would show here).
+        "latents_sha256": hashlib.sha256(out.contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest(),
         "latent_std": float(out.float().std()),
     }
 
@@ -153,6 +200,8 @@ def measure(mode: Mode, frames: int, repeat: int, ctx: dict) -> dict:
     reason = preflight(mode, frames, ctx["kv_frame"], args, device)
     elapsed = time.perf_counter() - ctx["t0"]
     est = frames / ctx["est_fps"] if ctx.get("est_fps") else 0.0
+    if mode.kv_tier in ("host", "int8") and mode.memory_size:
+        est += max(frames - args.window, 0) * ring_bytes_per_frame(mode, ctx["kv_frame"]) / GIB / PIN_GIB_PER_S
     if reason is None and args.time_budget and elapsed + est > args.time_budget:
         reason = (f"skipped: estimated {est:.0f} s would pass --time-budget {args.time_budget:.0f} s "
                   f"({elapsed:.0f} s used)")

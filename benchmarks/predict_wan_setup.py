@@ -50,7 +50,10 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "host": platform.node(), "cpu_count": os.cpu_count(), "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name(device) if cuda else None,
-            "gpu_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None}
+            "gpu_memory_gib": torch.cuda.get_device_properties(device).total_memory / GIB if cuda else None,
+            # SDPA picks the first usable of these per call (flash for bf16 head_dim 128 on Hopper).
+            "sdpa_enabled": [name for name in ("flash", "cudnn", "mem_efficient", "math")
+                             if getattr(torch.backends.cuda, f"{name}_sdp_enabled", lambda: False)()]}
 
 
 def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -81,6 +84,12 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
                 p.zero_()
             else:  # norm gains
                 p.fill_(1.0)
+    if getattr(args, "compile", False):
+        # Only the regions with one shape per run: self-attention goes through the KV cache's
+        # Python bookkeeping (slices that change until the window is full), which would recompile.
+        for block in model.blocks:
+            block.ffn = torch.compile(block.ffn, dynamic=False)
+            block.cross_attn.cross_attention = torch.compile(block.cross_attn.cross_attention, dynamic=False)
     return model
 
 

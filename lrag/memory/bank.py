@@ -4,6 +4,11 @@ The KV cache hands every evicted frame's un-roped K/V to :meth:`RetrievalMemory.
 at the start of a block :meth:`retrieve` picks the top-K older frames by cosine
 similarity of descriptors, and :meth:`gather` moves their K/V to the compute device
 once for the whole block (all layers, all denoising calls).
+
+The ``host`` and ``int8`` tiers keep K/V in a preallocated host ring
+(:mod:`lrag.memory.kv_store`). The sampler calls :meth:`RetrievalMemory.plan` as soon as the
+next block's query descriptor exists (before the context pass) and :meth:`~RetrievalMemory.prefetch`
+right after enqueueing the context pass, so the copies overlap it and no host sync stalls the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.retrieval import cosine_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
@@ -24,7 +30,8 @@ __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
 log = logging.getLogger(__name__)
 
 DESCRIPTORS = ("avg_pool", "ae")
-KV_TIERS = ("device", "host", "recompute")
+KV_TIERS = ("device", "host", "int8", "recompute")
+_OFFLOADED = ("host", "int8")
 
 # (global frame indices) -> (per-layer K, per-layer V), each [B, n, tokens, heads, head_dim].
 RecomputeFn = Callable[[list[int]], tuple[list[Tensor], list[Tensor]]]
@@ -47,7 +54,8 @@ class RetrievalRecord:
 
 @dataclass
 class _Stored:
-    """One evicted frame: K/V ``[layers, B, tokens, heads, head_dim]`` or None (recompute tier).
+    """One evicted frame: K/V ``[layers, B, tokens, heads, head_dim]`` (device tier), or its
+    host-ring ``row`` (host/int8 tiers), or nothing (recompute tier).
 
     ``offset`` is its spatial RoPE offset ``[B, 2]`` when the KV cache uses offsets.
     """
@@ -55,21 +63,7 @@ class _Stored:
     k: Tensor | None
     v: Tensor | None
     offset: Tensor | None = None
-    copied: "torch.cuda.Event | None" = None  # host tier: D2H copy completion
-
-
-def _to_host(t: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
-    """Copy ``t`` to host memory; returns the copy and, for CUDA sources, its completion event."""
-    if not t.is_cuda:
-        return t.clone(), None
-    # Pinned so the copy runs asynchronously (off the compute stream's critical path) and the
-    # later host->device copy of a retrieved frame can be asynchronous too. The event guards
-    # every later read: a pinned buffer must not be read before the D2H copy has landed.
-    dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    dst.copy_(t, non_blocking=True)
-    done = torch.cuda.Event()
-    done.record()
-    return dst, done
+    row: int = -1
 
 
 class RetrievalMemory:
@@ -84,9 +78,14 @@ class RetrievalMemory:
         embedder_path: Embedder checkpoint for ``descriptor: ae`` (reference ``.pt``,
             our ``.safetensors`` or a Lightning ``.ckpt``).
         kv_tier: Where evicted frames' K/V live: ``"device"`` (the compute device),
-            ``"host"`` (CPU memory, pinned when CUDA is available) or ``"recompute"``
-            (nothing stored; K/V are rebuilt from the clean latent by a hook that the
-            sampler installs - an approximation, see :meth:`set_recompute`).
+            ``"host"`` (a preallocated host ring, pinned when CUDA is available; bit-identical
+            to ``device``), ``"int8"`` (the ring in int8 with per-token scales: half the bytes,
+            lossy) or ``"recompute"`` (nothing stored; K/V are rebuilt from the clean latent by
+            a hook that the sampler installs - an approximation, see :meth:`set_recompute`).
+        host_budget_gib: Most host memory the ring may reserve (host/int8 tiers; None: no limit).
+            Exceeding it raises an error naming this knob.
+        host_chunk_frames: Frames the ring grows by when full. Growth pins memory inside the
+            loop (a stall); :meth:`reserve` the whole video up front instead.
     """
 
     def __init__(
@@ -96,6 +95,8 @@ class RetrievalMemory:
         descriptor: str = "avg_pool",
         embedder_path: str | None = None,
         kv_tier: str = "host",
+        host_budget_gib: float | None = None,
+        host_chunk_frames: int = 16,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -105,6 +106,10 @@ class RetrievalMemory:
             raise ValueError(f"RetrievalMemory.descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
         if kv_tier not in KV_TIERS:
             raise ValueError(f"RetrievalMemory.kv_tier must be one of {KV_TIERS}, got {kv_tier!r}")
+        if host_budget_gib is not None and host_budget_gib <= 0:
+            raise ValueError(f"RetrievalMemory.host_budget_gib must be > 0 (or null), got {host_budget_gib}")
+        if host_chunk_frames < 1:
+            raise ValueError(f"RetrievalMemory.host_chunk_frames must be >= 1, got {host_chunk_frames}")
         if descriptor == "ae" and embedder_path is None:
             log.info("descriptor 'ae' without embedder_path: call set_embedder() before sampling")
         self.memory_size = memory_size
@@ -115,6 +120,8 @@ class RetrievalMemory:
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
         self.first_candidate = 0
+        budget = None if host_budget_gib is None else int(host_budget_gib * 2**30)
+        self._offload = OffloadedKV(kv_tier == "int8", host_chunk_frames, budget) if kv_tier in _OFFLOADED else None
         self.reset()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -124,6 +131,12 @@ class RetrievalMemory:
         self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
         self._pool: list[_Stored] = []
         self.records: list[RetrievalRecord] = []
+        self._plan: PlannedRetrieval | None = None
+        self._taken: PlannedRetrieval | None = None
+        self._recomputed = {}
+        self.recomputed_frames = self.reused_frames = 0
+        if getattr(self, "_offload", None) is not None:
+            self._offload.clear()
 
     def set_embedder(self, embedder: nn.Module) -> None:
         """Use an in-memory embedder (must have ``encode([N,C,H,W]) -> [N,D]``)."""
@@ -143,6 +156,11 @@ class RetrievalMemory:
     def set_recompute(self, fn: RecomputeFn | None) -> None:
         """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
         self._recompute = fn
+        self.forget_recomputed()
+
+    def forget_recomputed(self) -> None:
+        """Drop the recompute tier's GPU cache (its K/V depend on the prompt: call on a switch)."""
+        self._recomputed: dict[int, tuple[Tensor, Tensor]] = {}  # frame -> (layers, B, tokens, h, d) K, V
 
     @property
     def pool_size(self) -> int:
@@ -206,9 +224,9 @@ class RetrievalMemory:
             return _Stored(None, None)
         if self.kv_tier == "device":
             return _Stored(k.clone(), v.clone())
-        k_host, _ = _to_host(k)
-        v_host, done = _to_host(v)  # same stream: v's event also covers k's copy
-        return _Stored(k_host, v_host, copied=done)
+        # The ring holds [B, layers, ...] rows, so one batch element of a frame is contiguous.
+        row = self._offload.append(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous())
+        return _Stored(None, None, row=row)
 
     def retrieve(self, query_frame: int) -> RetrievalRecord | None:
         """Top-K pool frames for the block starting at ``query_frame`` (None if none)."""
@@ -220,11 +238,94 @@ class RetrievalMemory:
         query = self._descriptors[-1]
         candidates = torch.stack([self._descriptors[f] for f in self._pool_frames[:eligible]], dim=1)
         scores, idx = cosine_topk(query, candidates, min(self.memory_size, eligible))
-        frames = torch.tensor(self._pool_frames, device=idx.device)[idx]
-        record = RetrievalRecord(query_frame, frames, scores)
+        table = torch.tensor(self._pool_frames[:eligible])
+        if idx.is_cuda:  # pinned + non_blocking: a pageable copy would wait for the GPU to drain
+            table = table.pin_memory().to(idx.device, non_blocking=True)
+        record = RetrievalRecord(query_frame, table[idx], scores)
         self.records.append(record)
-        log.debug("retrieval q=%d frames=%s scores=%s", query_frame, frames.tolist(), scores.tolist())
+        if log.isEnabledFor(logging.DEBUG):  # .tolist() syncs with the GPU: only when asked for
+            log.debug("retrieval q=%d frames=%s scores=%s", query_frame, record.frames.tolist(), scores.tolist())
         return record
+
+    # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
+    def _key(self, query_frame: int) -> tuple[int, int, int]:
+        return (query_frame, len(self._pool), len(self._descriptors))
+
+    def plan(self, query_frame: int) -> None:
+        """Retrieve for the block starting at ``query_frame`` now, ahead of it.
+
+        Call once the block's query descriptor exists and before enqueueing the previous block's
+        context pass (it evicts nothing, so the pool is final). The frame indices start their way to the host;
+        :meth:`prefetch` then starts the K/V copies. Only the host/int8 tiers plan; the result
+        is used by :meth:`take` if nothing it depends on has changed by then.
+        """
+        self._plan = None
+        if self._offload is None or self.memory_size == 0:
+            return
+        n = len(self.records)
+        record = self.retrieve(query_frame)
+        del self.records[n:]  # recorded when taken: the video may end before that block
+        frames_host, copied = host_copy(record.frames) if record is not None else (None, None)
+        mark = torch.cuda.current_stream(record.frames.device).record_event() \
+            if record is not None and record.frames.is_cuda else None
+        self._plan = PlannedRetrieval(self._key(query_frame), record, frames_host, copied, mark)
+
+    def prefetch(self, device: torch.device | str) -> None:
+        """Start copying the planned block's K/V to ``device`` on the side stream.
+
+        Waits (on the host) only for the planned indices, which the GPU produced before the
+        work enqueued since :meth:`plan`; the copies then overlap that work.
+        """
+        plan = self._plan
+        if plan is None or plan.record is None or plan.kv is not None:
+            return
+        if plan.index_copied is not None:
+            plan.index_copied.synchronize()
+        plan.kv = self._fill(plan.frames_host, torch.device(device), plan.compute_mark)
+
+    def take(self, query_frame: int) -> RetrievalRecord | None:
+        """The retrieval of the block starting at ``query_frame``: the planned one if still valid."""
+        plan, self._plan = self._plan, None
+        if plan is not None and plan.key == self._key(query_frame):
+            self._taken = plan
+            if plan.record is not None:
+                self.records.append(plan.record)
+            return plan.record
+        return self.retrieve(query_frame)
+
+    def _fill(self, frames_host: Tensor, device: torch.device,
+              after: "torch.cuda.Event | None") -> tuple[Tensor, Tensor, "torch.cuda.Event | None"]:
+        slots = self._pool_slots(frames_host.cpu()).tolist()  # host tensor: no sync
+        rows = [[self._pool[s].row for s in row] for row in slots]
+        dtype = self._offload.ring.dtype
+        return self._offload.fill(rows, self.memory_size, device, dtype, after)
+
+    def reserve(self, frames: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> None:
+        """Reserve the host ring for ``frames`` evicted frames of K (or V) ``shape``
+        ``(B, layers, tokens, heads, head_dim)`` now, so it never grows (and pins) mid-video.
+
+        A no-op for tiers without a ring. Raises :class:`~lrag.memory.kv_store.KVStoreError`
+        naming ``host_budget_gib`` when the reservation exceeds it.
+        """
+        if self._offload is not None and self.memory_size > 0:
+            self._offload.reserve(frames, shape, dtype, device)
+
+    def release_storage(self) -> None:
+        """Free the host ring and GPU buffers (they are otherwise kept for the next video)."""
+        self.reset()
+        if self._offload is not None:
+            self._offload.release()
+
+    def host_reserved_bytes(self) -> int:
+        """Bytes the host ring has reserved (pinned when CUDA is used)."""
+        ring = self._offload.ring if self._offload is not None else None
+        return 0 if ring is None else ring.reserved_bytes
+
+    def copy_stats(self) -> dict[str, int]:
+        """Frames copied from the host ring (recompute tier: rebuilt) vs reused on the GPU since :meth:`reset`."""
+        if self._offload is None:  # recompute tier: frames rebuilt vs kept from the previous block
+            return {"copied_frames": self.recomputed_frames, "reused_frames": self.reused_frames}
+        return {"copied_frames": self._offload.copied_frames, "reused_frames": self._offload.reused_frames}
 
     def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
         """The retrieved frames' K/V on ``device``: one copy per block, shared by every call.
@@ -233,6 +334,8 @@ class RetrievalMemory:
         """
         if record is None:
             return None
+        if self._offload is not None:
+            return self._gather_offloaded(record, torch.device(device))
         if self.kv_tier == "recompute":
             return self._gather_recomputed(record, device)
         b, k_sel = record.frames.shape
@@ -243,13 +346,27 @@ class RetrievalMemory:
         for bi, row in enumerate(slots.tolist()):
             for slot in row:
                 stored = self._pool[slot]
-                if stored.copied is not None:
-                    stored.copied.synchronize()
                 ks.append(stored.k[:, bi].to(device, non_blocking=True))  # (layers, tokens, h, d)
                 vs.append(stored.v[:, bi].to(device, non_blocking=True))
         k = rearrange(torch.stack(ks, dim=1), "l (b k) t h d -> l b (k t) h d", b=b)
         v = rearrange(torch.stack(vs, dim=1), "l (b k) t h d -> l b (k t) h d", b=b)
         return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, self._gather_offsets(slots, device))
+
+    def _gather_offloaded(self, record: RetrievalRecord, device: torch.device) -> MemoryKV:
+        taken, self._taken = getattr(self, "_taken", None), None
+        if taken is not None and taken.record is record and taken.kv is not None:
+            k, v, done = taken.kv
+        else:  # not planned (first retrieval, resumed block): fetch now
+            frames_host, copied = host_copy(record.frames)
+            if copied is not None:
+                copied.synchronize()
+            k, v, done = self._fill(frames_host, device, None)
+        if done is not None:
+            torch.cuda.current_stream(device).wait_event(done)  # the GPU waits, not the host
+        k_sel = record.frames.shape[1]
+        ks, vs = self._offload.memory_views(k, v, k_sel)
+        slots = self._pool_slots(record.frames.cpu()) if self._pool and self._pool[0].offset is not None else None
+        return MemoryKV(ks, vs, k_sel, None if slots is None else self._gather_offsets(slots, device))
 
     def _pool_slots(self, frames: Tensor) -> Tensor:
         """Pool index of each retrieved global frame index (``frames [B, k]``)."""
@@ -269,16 +386,28 @@ class RetrievalMemory:
         if self._recompute is None:
             raise RuntimeError("kv_tier 'recompute' needs a hook: the sampler installs it via set_recompute()")
         b, k_sel = record.frames.shape
-        ks, vs = [], []
-        for bi in range(b):
-            k_l, v_l = self._recompute([int(f) for f in record.frames[bi]])
-            ks.append(torch.stack([k[bi] for k in k_l]))  # (layers, k, tokens, h, d)
-            vs.append(torch.stack([v[bi] for v in v_l]))
+        rows = record.frames.tolist()  # the hook needs the frames on the host: one sync per block
+        # Frames retrieved by the previous block are still on the GPU; the others are rebuilt in
+        # one batched pass (each frame still attends only to itself).
+        wanted = {f for row in rows for f in row}  # a frame retrieved by several samples is built once
+        new = sorted(wanted - self._recomputed.keys())
+        if new:
+            k_l, v_l = self._recompute(new)  # per layer [B, n, tokens, h, d]
+            for j, frame in enumerate(new):
+                self._recomputed[frame] = (torch.stack([k[:, j] for k in k_l]), torch.stack([v[:, j] for v in v_l]))
+        self.recomputed_frames += len(new)
+        self.reused_frames += len(wanted) - len(new)
+        self._recomputed = {f: self._recomputed[f] for row in rows for f in row}  # this block's only
+        ks = [torch.stack([self._recomputed[f][0][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
+        vs = [torch.stack([self._recomputed[f][1][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
         k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         offsets = self._gather_offsets(self._pool_slots(record.frames), device)
         return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, offsets)
 
     def stored_bytes(self) -> int:
-        """Bytes of K/V held by the pool (0 for the recompute tier)."""
+        """Bytes of K/V held by the pool (0 for the recompute tier; int8 scales included)."""
+        if self._offload is not None:
+            ring = self._offload.ring
+            return 0 if ring is None else ring.size * ring.frame_bytes
         return sum(s.k.numel() * s.k.element_size() * 2 for s in self._pool if s.k is not None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
@@ -72,7 +73,10 @@ class SeededNoise:
         # A fixed integer mix (not Python's salted hash) keeps draws stable across processes.
         key = (self.seed * 1_000_003 + block) * 1_009 + draw
         gen = torch.Generator().manual_seed(key % (2**63 - 1))
-        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+        draw = torch.randn(shape, generator=gen).to(self.dtype)
+        if torch.device(self.device).type == "cuda":  # a pageable copy would wait for the GPU to drain
+            return draw.pin_memory().to(self.device, non_blocking=True)
+        return draw.to(self.device)
 
     def initial(self, block: int) -> Tensor:
         return self._draw(block, 0, (self.batch, self.frames_per_block, *self.frame_shape))
@@ -198,16 +202,24 @@ class ARSampler:
         )
 
     def _block(self, cache: KVCache, block: int, x: Tensor | None, context: Tensor,
-               source: NoiseSource) -> tuple[Tensor, Tensor, RetrievalRecord | None]:
-        """Run one block; with ``x`` given (resume) only its context pass is replayed."""
+               source: NoiseSource, last: bool = False) -> tuple[Tensor, Tensor, RetrievalRecord | None]:
+        """Run one block; with ``x`` given (resume) only its context pass is replayed.
+
+        Unless it is the ``last`` block, the next block's retrieval is planned before the
+        context pass and its K/V copies are started right after enqueueing it.
+        """
         start = block * self.frames_per_block
-        record = self.memory.retrieve(start)
+        record = self.memory.take(start)
         mem = self.memory.gather(record, context.device)
-        if x is None:
+        generated = x is None
+        if generated:
             x = self._denoise(cache, source.initial(block).to(context.device, context.dtype),
                               context, start, block, source, mem)
         descriptors = self.memory.describe(x)
+        if generated and not last:  # the context pass evicts nothing: the next retrieval is known now
+            self.memory.plan(start + self.frames_per_block)
         self._context_pass(cache, x, context, start, block, mem)
+        self.memory.prefetch(context.device)  # its K/V copies overlap the context pass
         return x, descriptors, record
 
     @torch.no_grad()
@@ -244,6 +256,7 @@ class ARSampler:
         b, _, c, h, w = first.shape
         done = self._check_resume(resume_latents, (b, c, h, w), num_frames)
         cache = self._new_cache(b, h, w, context)
+        self._reserve(cache, num_frames)
         out = torch.empty(b, num_frames, c, h, w, dtype=context.dtype, device=context.device)
         self._install_recompute(out, lambda: context)
         for block in range(num_frames // f):
@@ -254,11 +267,18 @@ class ARSampler:
                     self._recache(cache, out, new)
                 context = new
             given = resume_latents[:, block * f : (block + 1) * f].to(out) if block < done else None
-            x0, desc, record = self._block(cache, block, given, context, noise)
+            x0, desc, record = self._block(cache, block, given, context, noise, last=(block + 1) * f == num_frames)
             out[:, block * f : (block + 1) * f] = x0
             if given is None and on_block is not None:
                 on_block(BlockResult(block, block * f, x0, desc, record, time.perf_counter() - tic))
         return out
+
+    def _reserve(self, cache: KVCache, num_frames: int) -> None:
+        """Reserve the host ring (host/int8 tiers) for every frame this video can evict, now:
+        growing it later would page-lock memory inside the block loop (a stall)."""
+        k = cache.layers[0].k
+        shape = (k.shape[0], len(cache.layers), cache.tokens_per_frame, k.shape[2], k.shape[3])
+        self.memory.reserve(max(num_frames - self.policy.window, 0), shape, k.dtype, k.device)
 
     def _recache(self, cache: KVCache, out: Tensor, context: Tensor) -> None:
         """Prompt switch: re-encode the non-sink frames of the KV window with ``context``.
@@ -268,6 +288,7 @@ class ARSampler:
         place (one forward over the whole window, full attention among those frames);
         the sink keeps the old prompt's K/V and the retrieval pool is untouched.
         """
+        self.memory.forget_recomputed()  # rebuilt K/V of retrieved frames belong to the old prompt
         sink = min(self.policy.sink, cache.num_filled)
         if cache.num_filled <= sink:
             return
@@ -277,27 +298,26 @@ class ARSampler:
         self.backbone(frames, t, context, cache, start, None)
 
     def _install_recompute(self, out: Tensor, context: Callable[[], Tensor]) -> None:
-        """For ``kv_tier: recompute``: rebuild a stored frame's K/V from its clean latent.
+        """For ``kv_tier: recompute``: rebuild stored frames' K/V from their clean latents.
 
         Each frame is re-encoded alone (attending only to itself) at ``t = context_noise``,
         so the K/V approximate, and are not bit-identical to, the ones it had when it
-        was evicted (then it also attended to its sink and local window).
+        was evicted (then it also attended to its sink and local window). All frames of a
+        call go through one forward, as a batch of ``frames x B`` one-frame videos.
         """
         if self.memory.kv_tier != "recompute":
             return
         h, w = out.shape[-2:]
 
         def rebuild(frames: list[int]) -> tuple[list[Tensor], list[Tensor]]:
-            ks, vs = [], []
-            for frame in frames:
-                cache = self.backbone.new_cache(AttentionPolicy(1, 0), out.shape[0], h, w,
-                                                dtype=out.dtype, device=out.device)
-                x = out[:, frame : frame + 1]
-                t = torch.full(x.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=x.device)
-                self.backbone(x, t, context(), cache, 0, None)  # alone: its position is irrelevant
-                ks.append([layer.k.unsqueeze(1) for layer in cache.layers])
-                vs.append([layer.v.unsqueeze(1) for layer in cache.layers])
-            return [torch.cat(per, dim=1) for per in zip(*ks)], [torch.cat(per, dim=1) for per in zip(*vs)]
+            n, b = len(frames), out.shape[0]
+            x = rearrange(out[:, frames], "b n c h w -> (n b) 1 c h w")
+            cache = self.backbone.new_cache(AttentionPolicy(1, 0), n * b, h, w, dtype=out.dtype, device=out.device)
+            t = torch.full(x.shape[:2], self.schedule.context_noise, dtype=torch.float32, device=x.device)
+            self.backbone(x, t, context().repeat(n, 1, 1), cache, 0, None)  # alone: position irrelevant
+            ks = [rearrange(layer.k, "(n b) t h d -> b n t h d", n=n) for layer in cache.layers]
+            vs = [rearrange(layer.v, "(n b) t h d -> b n t h d", n=n) for layer in cache.layers]
+            return ks, vs
 
         self.memory.set_recompute(rebuild)
 

@@ -16,6 +16,8 @@ RUN_FIELDS = (
     "mode", "frames", "wall_s", "frames_per_s", "steady_frames_per_s", "block_ms_median", "block_ms_max",
     "blocks_with_retrieval", "peak_gpu_gib", "gpu_growth_mib_per_frame", "host_rss_growth_mib_per_frame",
     "stored_kv_mib_per_frame", "finite", "status", "throughput_vs_native", "retrieval_overhead_pct",
+    "block_ms_first5", "block_ms_last5", "reserve_s", "host_ring_mib_per_frame", "host_mib_per_frame_incl_ring",
+    "copied_frames_per_block",
 )
 
 
@@ -33,7 +35,8 @@ def predict_wan():
 def smoke(predict_wan, tmp_path_factory):
     """One run: native + RAG with every KV tier, 7 blocks (retrieval starts at block 6)."""
     out = tmp_path_factory.mktemp("predict_wan") / "sub" / "wan.json"
-    rc = predict_wan.main([*TINY, "--frames", "21", "--kv-tier", "device", "host", "recompute", "--json", str(out)])
+    rc = predict_wan.main([*TINY, "--frames", "21", "--kv-tier", "device", "host", "int8", "recompute",
+                           "--json", str(out)])
     return rc, json.loads(out.read_text())
 
 
@@ -42,7 +45,7 @@ def test_all_modes_run_and_report_finite_numbers(smoke) -> None:
     rc, result = smoke
     assert rc == 0
     runs = {r["mode"]: r for r in result["runs"]}
-    assert set(runs) == {"native", "rag-device", "rag-host", "rag-recompute"}
+    assert set(runs) == {"native", "rag-device", "rag-host", "rag-int8", "rag-recompute"}
     for name, run in runs.items():
         assert set(RUN_FIELDS) <= set(run), f"{name} lacks {set(RUN_FIELDS) - set(run)}"
         assert run["status"] == "ok" and run["finite"] is True
@@ -60,7 +63,7 @@ def test_all_modes_run_and_report_finite_numbers(smoke) -> None:
 def test_retrieval_and_stored_kv_follow_the_tier(smoke) -> None:
     _, result = smoke
     runs = {r["mode"]: r for r in result["runs"]}
-    for name in ("rag-device", "rag-host", "rag-recompute"):
+    for name in ("rag-device", "rag-host", "rag-int8", "rag-recompute"):
         assert runs[name]["blocks_with_retrieval"] == 1  # block 6: pool 6, R 5 -> one candidate
     # 21 frames, window 12 -> 9 evicted frames of (1 layer x 16 tokens x 96 dims x K,V x fp32).
     kv_frame = result["config"]["kv_mib_per_frame"]
@@ -68,6 +71,12 @@ def test_retrieval_and_stored_kv_follow_the_tier(smoke) -> None:
     for name in ("rag-device", "rag-host"):
         assert runs[name]["stored_kv_mib_per_frame"] == pytest.approx(9 * kv_frame / 21)
     assert runs["rag-recompute"]["stored_kv_mib_per_frame"] == 0
+    # The ring is reserved for exactly the 9 evicted frames: no rounding, nothing per frame.
+    assert runs["rag-host"]["host_ring_vs_logical_kv"] == pytest.approx(1.0)
+    assert runs["rag-int8"]["host_ring_vs_logical_kv"] == pytest.approx((1 + 4 / 96) / 4)  # int8 + scale vs fp32
+    assert runs["rag-host"]["copied_frames_per_block"] == 1.0 and runs["native"]["copied_frames_per_block"] == 0
+    assert runs["rag-host"]["equal_to_device_tier"] is True  # exact tier: bit-identical latents
+    assert runs["rag-int8"]["equal_to_device_tier"] is False and "equal_to_device_tier" not in runs["native"]
     assert runs["native"]["stored_kv_mib_per_frame"] == 0
 
 
@@ -78,7 +87,7 @@ def test_environment_and_markdown(predict_wan, smoke) -> None:
     assert env["device"] == "cpu" and env["dtype"] == "float32" and env["gpu"] is None
     table = predict_wan.markdown(result)
     rows = [line for line in table.splitlines() if line.startswith("| rag-") or line.startswith("| native")]
-    assert len(rows) == 4
+    assert len(rows) == 5
     header = next(line for line in table.splitlines() if line.startswith("| mode"))
     assert all(row.count("|") == header.count("|") for row in rows)
 
