@@ -53,7 +53,8 @@ def test_importing_the_cli_imports_no_torch_lightning_or_lancedb() -> None:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["data", "--help"], ["memory", "--help"],
-                                  ["memory", "sql", "--help"], ["demo", "--help"]])
+                                  ["memory", "sql", "--help"], ["demo", "--help"],
+                                  ["demo", "compare", "--help"], ["eval", "run", "--help"]])
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     assert _heavy_after(args) == []
 
