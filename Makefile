@@ -26,9 +26,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
-## The main job on the embedded default.
+## The main job on the embedded default: the same world with retrieval and natively (both
+## processes at once, one core each), then runs/<id>-rag-0/compare.{mp4,gif,png} side by side.
+DEMO_ID := demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(BIN)/lrag predict --config configs/predict/demo.yaml
+	@mkdir -p runs
+	OMP_NUM_THREADS=1 $(BIN)/lrag predict --config configs/predict/demo.yaml \
+	    --model.init_args.memory.init_args.memory_size 0 --model.init_args.run_name $(DEMO_ID)-native \
+	    --model.init_args.progress false > runs/$(DEMO_ID)-native.log 2>&1 & native=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/lrag predict --config configs/predict/demo.yaml \
+	    --model.init_args.run_name $(DEMO_ID)-rag || { wait $$native; exit 1; }; \
+	wait $$native || { cat runs/$(DEMO_ID)-native.log; exit 1; }
+	$(BIN)/lrag demo compare $(DEMO_ID)-rag-0 $(DEMO_ID)-native-0
 
 ## The whole test suite (CI runs exactly this through .ci/run).
 test: $(STAMP)

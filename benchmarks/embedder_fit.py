@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from lrag.cli import LragCLI
+from lrag.commands.lightning_cli import LragCLI
 from lrag.data.shards import ShardWriter
 
 log = logging.getLogger("embedder_fit")

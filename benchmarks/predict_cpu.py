@@ -34,7 +34,7 @@ def _worker(mode: str, config: str, frames: int, out_dir: str) -> dict:
     """Run one predict in this process and return its measurements."""
     import torch
 
-    from lrag.cli import run_lightning
+    from lrag.commands.lightning_cli import run_lightning
 
     args = ["predict", "--config", config,
             f"--model.init_args.num_frames={frames}",

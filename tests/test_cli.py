@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lrag.cli import main, run_lightning
+from lrag.cli import main
+from lrag.commands.lightning_cli import run_lightning
 from lrag.data.shards import ShardWriter
 from lrag.checkpoints.embedder import load_embedder
 

@@ -22,9 +22,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from jsonargparse import ArgumentParser, Namespace
 
-from lrag.data.latent_files import LATENT_SUFFIXES, load_latent_file
-from lrag.data.shard_check import check_shards
-from lrag.data.shards import LatentFormatError, ShardWriter, iter_clips, resolve_shards
+# Shards, latent files and video import pull in torch: imported where a subcommand runs, so
+# `lrag data --help` answers at once.
 from lrag.data.staging import StagingError, check_destination, staged_shard_dir
 from lrag.data.synthetic import KINDS, SYNTH_FPS, synth_clips
 
@@ -155,6 +154,8 @@ def _check_import_flags(cfg: Namespace) -> None:
 
 def run_synth(cfg: Namespace) -> list[str]:
     """Write ``cfg.clips`` procedural clips; returns the shard names."""
+    from lrag.data.shards import ShardWriter
+
     _check_synth_flags(cfg)
     clips = synth_clips(cfg.kind, cfg.clips, cfg.frames, cfg.channels, cfg.height, cfg.width,
                         cfg.seed)
@@ -188,6 +189,9 @@ def _print_import(report: ImportReport, dst: str, what: str) -> None:
 
 
 def _import_latents(cfg: Namespace, src: Path) -> ImportReport:
+    from lrag.data.latent_files import LATENT_SUFFIXES, load_latent_file
+    from lrag.data.shards import LatentFormatError, ShardWriter
+
     files = sorted(p for p in src.rglob("*") if p.suffix in LATENT_SUFFIXES)
     if not files:
         raise SystemExit(f"lrag data import: no {'/'.join(LATENT_SUFFIXES)} files under {src}"
@@ -214,6 +218,7 @@ def _import_latents(cfg: Namespace, src: Path) -> ImportReport:
 
 
 def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
+    from lrag.data.shards import ShardWriter
     from lrag.data.vae_encode import WanVideoEncoder, resolve_device
     from lrag.data.video_import import (
         VideoImportSettings,
@@ -298,6 +303,9 @@ def summarize(path: str, skip_bad: bool = False) -> ShardSetSummary:
     Raises:
         LatentFormatError: the first bad shard, unless ``skip_bad`` (then it is left out).
     """
+    from lrag.data.shard_check import check_shards
+    from lrag.data.shards import iter_clips, resolve_shards
+
     check = check_shards(resolve_shards(path), "skip" if skip_bad else "fail")
     shards = list(check.good)
     out = ShardSetSummary(shards=len(shards), skipped=list(check.bad))
@@ -347,6 +355,8 @@ def _print_summary(path: str, summary: ShardSetSummary) -> None:
 
 def run_inspect(cfg: Namespace) -> ShardSetSummary:
     """Print the summary of ``cfg.path`` (table or JSON) and return it."""
+    from lrag.data.shards import LatentFormatError
+
     try:
         summary = summarize(cfg.path, skip_bad=cfg.skip_bad)
     except FileNotFoundError as err:
@@ -367,11 +377,12 @@ def main(args: Sequence[str] | None = None) -> Any:
     Every error a user can cause (bad flags, bad input files, an unusable DST or VAE folder)
     becomes ``SystemExit`` with a one-line message naming the file or flag (exit status 1).
     """
+    parser = build_parser()
+    cfg = parser.parse_args(list(args) if args is not None else None)
+    from lrag.data.shards import LatentFormatError
     from lrag.data.vae_encode import VAELoadError
     from lrag.data.video_sources import VideoFormatError
 
-    parser = build_parser()
-    cfg = parser.parse_args(list(args) if args is not None else None)
     command = cfg.command
     runner = {"synth": run_synth, "import": run_import, "inspect": run_inspect}[command]
     try:

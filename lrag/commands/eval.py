@@ -18,7 +18,8 @@ from typing import Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from lrag.eval.runner import EvalSettings, run_eval
+# lrag.eval.runner and run_report import torch (seconds): imported where they are used, so
+# `lrag eval run --help` answers at once.
 
 __all__ = ["build_parser", "build_run_parser", "main", "main_run"]
 
@@ -44,6 +45,8 @@ _HELP = {
 
 def build_parser() -> ArgumentParser:
     """The ``lrag eval`` parser: one option per :class:`EvalSettings` field, plus ``--config``."""
+    from lrag.eval.runner import EvalSettings
+
     parser = ArgumentParser(prog="lrag eval", description=__doc__.splitlines()[0], exit_on_error=True,
                             epilog="For one stored run (no ground truth): lrag eval run RUN_ID --help")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with these options.")
@@ -78,10 +81,10 @@ def build_run_parser() -> ArgumentParser:
 
 def main_run(args: Sequence[str]) -> None:
     """``lrag eval run``: write the report of one stored run; prints where it went."""
-    from lrag.eval.run_report import RunReportError, load_run, write_run_report
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = build_run_parser().parse_args(list(args))
+    from lrag.eval.run_report import RunReportError, load_run, write_run_report
+
     try:
         paths = write_run_report(load_run(cfg.db, cfg.run_id, cfg.run_dir), cfg.out, cfg.max_gap)
     except RunReportError as err:
@@ -96,6 +99,8 @@ def main(args: Sequence[str] | None = None) -> None:
     if args and args[0] == "run":
         main_run(args[1:])
         return
+    from lrag.eval.runner import EvalSettings, run_eval
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = build_parser().parse_args(args)
     fields = {f.name for f in dataclasses.fields(EvalSettings)}

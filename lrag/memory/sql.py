@@ -195,7 +195,7 @@ def run_sql(uri: str | Path, query: str, limits: SQLLimits | None = None) -> pa.
             f"no memory store at {uri}: run `lrag predict` first, or pass --db with the "
             "folder of an existing store."
         )
-    store = MemoryStore(uri)
+    store = MemoryStore(uri, read_only=True)  # no lancedb import: a query answers in ~1 s
     con = duckdb.connect(":memory:", config=limits.engine_config())
     timer = threading.Timer(limits.timeout_s, con.interrupt)
     try:

@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-from lancedb.index import Bitmap, BTree, IvfFlat, IvfPq
 
 from lrag.memory.schema import (
     RETRIEVALS_SCHEMA,
@@ -51,10 +50,11 @@ log = logging.getLogger(__name__)
 #: Versions younger than this survive compaction, so a reader that opened one (a SQL query, a
 #: concurrent run) can finish; longer than the SQL timeout's default.
 DEFAULT_KEEP_VERSIONS = timedelta(minutes=5)
-#: Scalar indexes built with the vector index: B-tree for many values, bitmap for few.
+#: Scalar indexes built with the vector index: B-tree for many values, bitmap for few
+#: (``lancedb.index`` class names; lancedb is imported only when an index is built).
 _SCALAR_INDICES = {
-    "frames": {"run_id": BTree, "descriptor": Bitmap, "embedding_dim": Bitmap},
-    "retrievals": {"run_id": BTree},
+    "frames": {"run_id": "BTree", "descriptor": "Bitmap", "embedding_dim": "Bitmap"},
+    "retrievals": {"run_id": "BTree"},
 }
 
 
@@ -74,6 +74,8 @@ class MemoryStore(StoreTables):
         refine_factor: An indexed search re-ranks ``k * refine_factor`` PQ candidates with the
             exact vectors (more: higher recall, slower). Defaults measured by
             ``benchmarks/store_scale.py`` (recall@10 >= 0.95 at 1 M frames).
+        read_only: Read without ``lancedb`` (see :class:`StoreTables`); for quick inspection
+            (``lrag memory runs|show|sql``). Writes, compaction and search then raise.
     """
 
     def __init__(
@@ -84,8 +86,9 @@ class MemoryStore(StoreTables):
         index_type: str = "IVF_PQ",
         nprobes: int = 20,
         refine_factor: int = 10,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(uri, embedding_capacity)
+        super().__init__(uri, embedding_capacity, read_only)
         self.index_min_rows = index_min_rows
         self.index_type = index_type
         self.nprobes = nprobes
@@ -94,6 +97,7 @@ class MemoryStore(StoreTables):
     # -- runs -----------------------------------------------------------------------------
     def start_run(self, info: RunInfo) -> None:
         """Record a new run with status ``running``; refuses an id that already exists."""
+        self._writable("start a run")
         if not info.run_id:
             raise StoreError("RunInfo.run_id is empty; give the run a non-empty id.")
         if self.get_run(info.run_id) is not None:
@@ -123,6 +127,7 @@ class MemoryStore(StoreTables):
         """Set a run's status; ``complete`` also builds the vector index when large enough."""
         if status not in RUN_STATUSES:
             raise StoreError(f"status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        self._writable("set a run's status")
         self._require_run(run_id)
         runs = self._open("runs")
         where = f"run_id = {sql_quote(run_id)}"
@@ -154,6 +159,7 @@ class MemoryStore(StoreTables):
         complete), then old retrievals; new retrievals are appended before the new frames, so
         a block whose frames are present always has its retrievals too.
         """
+        self._writable("add a block")
         self._require_run(run_id)
         if not frames:
             raise StoreError(f"add_block(run {run_id!r}, block {block}): no frames given")
@@ -264,6 +270,7 @@ class MemoryStore(StoreTables):
         """
         if keep_versions < timedelta(0):
             raise StoreError(f"keep_versions must be >= 0, got {keep_versions}")
+        self._writable("compact")
         before = self.storage_stats()
         for name in before.rows:
             table = self._open(name)
@@ -293,12 +300,15 @@ class MemoryStore(StoreTables):
         Returns:
             Whether an index exists afterwards.
         """
+        self._writable("build an index")
         table = self._open("frames")
         if table is None:
             return False
         rows = table.count_rows()
         if rows < self.index_min_rows or (self.has_index() and not force):
             return self.has_index()
+        from lancedb.index import IvfFlat, IvfPq
+
         dim = table.schema.field("embedding").type.list_size
         # 4-dim PQ sub-vectors: with dim // 8 the re-ranked candidates missed true neighbours
         # (recall@10 0.93 on 32-dim random vectors); dim // 4 reached 1.0 at the same speed.
@@ -319,6 +329,8 @@ class MemoryStore(StoreTables):
         return True
 
     def _ensure_scalar_indices(self, force: bool) -> None:
+        import lancedb.index
+
         for name, columns in _SCALAR_INDICES.items():
             table = self._open(name)
             if table is None:
@@ -327,7 +339,7 @@ class MemoryStore(StoreTables):
             for column, kind in columns.items():
                 if force or column not in have:
                     with_retries(lambda t=table, c=column, k=kind: t.create_index(
-                        c, config=k(), replace=True))
+                        c, config=getattr(lancedb.index, k)(), replace=True))
 
     def search(
         self,
@@ -356,6 +368,7 @@ class MemoryStore(StoreTables):
             distance`` (cosine distance) and ``score`` (cosine similarity = 1 - distance),
             best first.
         """
+        self._writable("search vectors")
         table = self._open("frames")
         if table is None:
             return []

@@ -3,6 +3,11 @@
 Opening a table checks its schema version (:func:`lrag.memory.schema.check_version`) and, for
 ``frames``, adopts the embedding capacity it was created with. Several processes may write one
 store: creation tolerates losing the race and writes retry Lance's commit conflicts.
+
+``read_only=True`` opens the tables' Lance datasets directly (pylance) instead of through a
+LanceDB connection: importing ``lancedb`` costs ~4 s of CPU (its namespace client's models), the
+whole budget of a quick ``lrag memory runs|show|sql``. Such a store reads the latest version of
+every table when it first opens it and refuses writes.
 :class:`lrag.memory.store.MemoryStore` builds the run-memory API on top of :class:`StoreTables`.
 """
 
@@ -17,7 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import lancedb
 import pyarrow as pa
 
 from lrag.memory.schema import (
@@ -85,21 +89,45 @@ class StoreTables:
         uri: Database folder; created on first write.
         embedding_capacity: Embedding size of a ``frames`` table this object creates; replaced
             by the capacity of an existing table when that is opened.
+        read_only: Read the Lance datasets directly, without ``lancedb`` (fast to import);
+            writes raise :class:`StoreError`.
     """
 
-    def __init__(self, uri: str | Path, embedding_capacity: int | None = None) -> None:
+    def __init__(self, uri: str | Path, embedding_capacity: int | None = None,
+                 read_only: bool = False) -> None:
         self.uri = str(uri)
         self.embedding_capacity = embedding_capacity
-        # Interval 0: every read sees other processes' commits (two writers share one store).
-        self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
+        self.read_only = read_only
+        self._db = None
+        if not read_only:
+            import lancedb
+
+            # Interval 0: every read sees other processes' commits (two writers share one store).
+            self._db = lancedb.connect(self.uri, read_consistency_interval=timedelta(0))
         self._tables: dict[str, Any] = {}
+
+    def _dataset(self, name: str) -> Any | None:
+        """Table ``name`` as a Lance dataset at its latest version, read without ``lancedb``."""
+        import lance
+
+        path = Path(self.uri) / f"{name}.lance"  # LanceDB's layout of a local database
+        return lance.dataset(str(path)) if (path / "_versions").is_dir() else None
+
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"memory store {self.uri} was opened read-only; cannot {what}.")
 
     def _open(self, name: str) -> Any | None:
         if name in self._tables:
             return self._tables[name]
-        if name not in self._db.list_tables().tables:
+        if self.read_only:
+            table = self._dataset(name)
+        elif name in self._db.list_tables().tables:
+            table = self._db.open_table(name)
+        else:
+            table = None
+        if table is None:
             return None
-        table = self._db.open_table(name)
         check_version(name, self.uri, table.schema)
         if name == "frames":
             capacity = table.schema.field("embedding").type.list_size
@@ -115,6 +143,7 @@ class StoreTables:
         table = self._open(name)
         if table is not None:
             return table
+        self._writable(f"create table {name!r}")
         try:
             self._db.create_table(name, schema=schema, exist_ok=True)
         except (ValueError, OSError, RuntimeError) as err:  # another process won the race
@@ -146,6 +175,8 @@ class StoreTables:
             schema = schema or frames_schema(self.embedding_capacity or DEFAULT_EMBEDDING_CAPACITY)
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
+        if self.read_only:
+            return table.to_table(columns=columns, filter=where)
         query = table.search()
         if where is not None:
             query = query.where(where, prefilter=True)
@@ -162,7 +193,9 @@ class StoreTables:
         if name not in TABLES:
             raise StoreError(f"unknown table {name!r}; the store has {', '.join(TABLES)}")
         table = self._open(name)
-        return None if table is None else table.to_lance()
+        if table is None or self.read_only:
+            return table
+        return table.to_lance()
 
     def storage_stats(self) -> StorageStats:
         """Rows, fragments and versions of every table, and the files of a local store."""
