@@ -24,6 +24,8 @@ import torch
 import yaml
 from torch import Tensor
 
+from lrag.runs.compat import migrate_config
+from lrag.sampling.settings import SAMPLER_KNOBS
 from lrag.data.shards import iter_clips
 from lrag.eval.plots import plot_run_report
 from lrag.eval.report import json_safe
@@ -78,12 +80,18 @@ class RunReportPaths:
 
 
 def _knob(info: dict, name: str) -> Any:
-    """A ``model.init_args`` value of the run's recorded config (None if absent)."""
+    """A ``model.init_args`` value of the run's recorded config (None if absent).
+
+    Sampler knobs (``window``, ...) are looked up under ``sampling:``; configs stored before
+    they were grouped are read through :func:`lrag.runs.compat.migrate_config`.
+    """
     try:
-        model = (yaml.safe_load(info.get("config_yaml") or "") or {}).get("model", {}) or {}
+        config = migrate_config(yaml.safe_load(info.get("config_yaml") or "") or {})
     except yaml.YAMLError:
         return None
-    return (model.get("init_args", model) or {}).get(name)
+    model = config.get("model", {}) or {}
+    args = model.get("init_args", model) or {}
+    return (args.get("sampling") or {}).get(name) if name in SAMPLER_KNOBS else args.get(name)
 
 
 def _find_run_dir(info: dict, db: Path, run_dir: str | Path | None) -> Path:
