@@ -46,10 +46,8 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 def _text(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err):
-        return f"{err.strerror or err}: {err.filename}"
-    if isinstance(err, PermissionError):
-        return f"permission denied: {err}"
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror}: {err.filename}"  # "[Errno 13]" says nothing to a person
     return str(err).strip() or type(err).__name__
 
 
