@@ -170,6 +170,6 @@ def test_a_store_that_cannot_be_written_is_named_and_nothing_is_lost(gen, tmp_pa
     assert message.startswith("lrag predict: Permission denied") and path in message
     after = gen.snapshot(tmp_path)
     assert after["rows"] == before["rows"]  # status back to failed, no rows added
-    assert {k: v for k, v in after["files"].items() if k.startswith("blocks/")} == {
-        k: v for k, v in before["files"].items() if k.startswith("blocks/")}
-    assert store.get_run("w-0")["status"] == "failed"
+    kept = {k: v for k, v in before["files"].items() if k.startswith("blocks/")}
+    assert kept and {k: after["files"][k] for k in kept} == kept  # finished blocks untouched
+    assert store.get_run("w-0")["status"] == "failed" and store.completed_blocks("w-0") == 2
