@@ -38,6 +38,11 @@ class StopOnNonFiniteLoss(L.Callback):
             raise ValueError(f"StopOnNonFiniteLoss.check_every_n_steps must be >= 1, got "
                              f"{check_every_n_steps}.")
         self.check_every_n_steps = check_every_n_steps
+        self._step = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:  # noqa: D102
+        self._step = trainer.global_step  # the step this batch's loss belongs to
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:  # noqa: D102
@@ -52,7 +57,7 @@ class StopOnNonFiniteLoss(L.Callback):
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
         saved = f"the last checkpoint is {ckpt}" if ckpt else "no checkpoint was saved yet"
         raise NonFiniteLossError(
-            f"training loss is {value} at global step {trainer.global_step} (epoch "
+            f"training loss is {value} at global step {self._step} (epoch "
             f"{trainer.current_epoch}, batch {batch_idx}); training stopped, {saved}. Lower "
             "model.init_args.lr, use trainer.gradient_clip_val, or trainer.precision: 32-true, "
             "then start again (or resume with --ckpt_path)."
