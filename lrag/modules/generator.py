@@ -35,6 +35,7 @@ from lrag.memory.schema import RunInfo, StoreError
 from lrag.memory.store import MemoryStore
 from lrag.runs.faults import check_finite
 from lrag.runs.lease import LeaseHeldError, RunLease
+from lrag.runs.lifecycle import check_new_run_folder, compact_after_run, lease_for_resume, mark_failed
 from lrag.runs.outputs import RunOutputs
 from lrag.runs.progress import progress_bar
 from lrag.runs.resume import VideoRun, check_resume_config, check_run_folder
@@ -255,13 +256,7 @@ class GeneratorModule(L.LightningModule):
         # Everything that can refuse the run is checked before it is registered ...
         self._check_world(world)
         ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
-        run_dir = Path(hp.out_dir) / run_id
-        if run_dir.is_dir() and any(run_dir.iterdir()) and self._store.get_run(run_id) is None:
-            raise FileExistsError(
-                f"run folder {run_dir} already exists but {hp.store_uri} has no run {run_id!r} "
-                "(a run of another store?); set model.init_args.run_name or out_dir to something "
-                "new, or move the folder away."
-            )
+        check_new_run_folder(self._store, Path(hp.out_dir) / run_id, run_id)
         config = self._config_yaml()
         truth = truncate_meta(world.meta, hp.num_frames) if world is not None else None
         hashes = self.checkpoint_hashes()
@@ -283,10 +278,15 @@ class GeneratorModule(L.LightningModule):
             outputs.write_config(config)
             if truth is not None:
                 outputs.write_ground_truth(truth)
+        except LeaseHeldError as err:
+            # Another process started a run of this id at the same instant (both passed the
+            # store's check): it owns the folder; marking the id failed would hit its run.
+            raise StoreError(f"{err} Two processes started run {run_id!r} at once; give "
+                             "concurrent starts distinct run_name values.") from None
         except BaseException:
             if lease is not None:
                 lease.release()
-            self._mark_failed(run_id)
+            mark_failed(self._store, run_id)
             raise
         return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
                         schedule=schedule, lease=lease)
@@ -301,14 +301,7 @@ class GeneratorModule(L.LightningModule):
         check_resume_config(info, self._config_yaml(),
                             lambda: self.checkpoint_hashes()["backbone_weights"], self.hparams.out_dir)
         run_dir = Path(self.hparams.out_dir) / run_id
-        if not run_dir.is_dir():
-            raise SystemExit(f"--resume {run_id}: the run folder {run_dir} is missing (out_dir "
-                             f"{self.hparams.out_dir!r}); resume with the out_dir the run used.")
-        lease = RunLease(run_dir, run_id)
-        try:
-            lease.acquire()
-        except LeaseHeldError as err:
-            raise SystemExit(f"--resume {run_id}: {err}") from None
+        lease = lease_for_resume(run_dir, run_id, self.hparams.out_dir)
         try:
             prompt, seed = info["prompts"][0], int(info["seed"])
             check_run_folder(info, run_dir)  # world.json and config.yaml are the run's own
@@ -392,35 +385,17 @@ class GeneratorModule(L.LightningModule):
             try:
                 run.outputs.abort()
             finally:
-                self._mark_failed(run.run_id)
+                mark_failed(store, run.run_id)
                 if run.lease is not None:
                     run.lease.release()
             raise
         if run.lease is not None:
             run.lease.release()
-        self._compact()
+        compact_after_run(store)
         self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done,
                                "seconds": run.seconds,
                                "frames_per_s": run.frames_done / max(run.seconds, 1e-9)})
         return latents
-
-    def _mark_failed(self, run_id: str) -> None:
-        """Status ``failed``; a store that cannot be written must not hide the first error."""
-        try:
-            self._store.set_status(run_id, "failed")
-        except Exception as err:  # noqa: BLE001
-            log.error("run %s: could not mark the run failed in %s: %s", run_id,
-                      self.hparams.store_uri, err)
-
-    def _compact(self) -> None:
-        """Merge the run's per-block fragments (the store would grow by files per block)."""
-        try:
-            before, after = self._store.compact()
-            log.info("compacted %s: %s files -> %s", self.hparams.store_uri, before.files,
-                     after.files)
-        except Exception as err:  # noqa: BLE001 - the run is complete; compaction can wait
-            log.warning("compacting %s failed (the run is complete; run `lrag memory compact` "
-                        "later): %s", self.hparams.store_uri, err)
 
     # -- per block -------------------------------------------------------------------------
     def _decode(self, latents: Tensor) -> np.ndarray:
