@@ -40,7 +40,18 @@ def _print_overview() -> None:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``lrag`` console script; ``args`` defaults to ``sys.argv[1:]``."""
+    """Entry point of the ``lrag`` console script; ``args`` defaults to ``sys.argv[1:]``.
+
+    Errors a person can act on end in one message, without a traceback (``--debug`` shows it):
+    see :mod:`lrag.errors`.
+    """
+    from lrag.errors import run_command
+
+    run_command(_dispatch, args)
+
+
+def _dispatch(args: Sequence[str] | None = None) -> None:
+    """Run one ``lrag`` command (:func:`main` without the error handling)."""
     from_argv = args is None
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lrag"
 
 #: Rank of each top-level part of ``lrag``; an import must not go to a higher rank.
 TIERS = {
-    "cli": 5, "commands": 5, "golden": 5,
+    "cli": 5, "commands": 5, "golden": 5, "errors": 5,
     "modules": 4, "callbacks": 4,
     "eval": 3, "runs": 3,
     "sampling": 2, "memory": 2, "checkpoints": 2,

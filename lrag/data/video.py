@@ -86,7 +86,10 @@ class VideoWriter:
         self._stream = self._container.add_stream("libx264", rate=self._fps)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(self._crf)}
+        # One encoder thread: x264's output depends on its thread count, which defaults to the
+        # machine's cores; with one thread equal frames give equal bytes on every machine.
+        self._stream.options = {"crf": str(self._crf), "threads": "1"}
+        self._stream.codec_context.thread_count = 1
         self._size = (height, width)
 
     def write(self, frames: np.ndarray | torch.Tensor) -> None:

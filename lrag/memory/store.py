@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lrag.memory.schema import (
     RETRIEVALS_SCHEMA,
@@ -131,19 +132,41 @@ class MemoryStore(StoreTables):
         self._require_run(run_id)
         runs = self._open("runs")
         where = f"run_id = {sql_quote(run_id)}"
-        with_retries(lambda: runs.update(where=where, values={"status": status}))
+        # The counter is re-derived from the rows with every status change, so a kill between a
+        # block's rows and its counter update is repaired by the next status change.
+        done = self._frames_done(where).get(run_id, 0)
+        with_retries(lambda: runs.update(where=where, values={"status": status,
+                                                              "frames_done": int(done)}))
         if status == "complete":
             self.ensure_index()
 
     def get_run(self, run_id: str) -> dict | None:
-        """The ``runs`` row of ``run_id`` as a dict (hashes decoded), or None if unknown."""
-        rows = self.scan("runs", f"run_id = {sql_quote(run_id)}").to_pylist()
-        return decode_run(rows[0]) if rows else None
+        """The ``runs`` row of ``run_id`` as a dict (hashes decoded), or None if unknown.
+
+        ``frames_done`` is counted from the run's ``frames`` rows (see :meth:`_frames_done`).
+        """
+        where = f"run_id = {sql_quote(run_id)}"
+        rows = self.scan("runs", where).to_pylist()
+        if not rows:
+            return None
+        row = decode_run(rows[0])
+        row["frames_done"] = self._frames_done(where).get(run_id, 0)
+        return row
 
     def list_runs(self) -> list[dict]:
-        """All runs, oldest first."""
+        """All runs, oldest first (``frames_done`` counted from the ``frames`` rows)."""
         rows = [decode_run(r) for r in self.scan("runs", None).to_pylist()]
+        done = self._frames_done(None)
+        for row in rows:
+            row["frames_done"] = done.get(row["run_id"], 0)
         return sorted(rows, key=lambda r: (r["created"], r["run_id"]))
+
+    def _frames_done(self, where: str | None) -> dict[str, int]:
+        """Frames rows per run: the truth behind ``runs.frames_done``, which a kill between a
+        block's rows and the counter update can leave behind (the column is a cache)."""
+        ids = self.scan("frames", where, ["run_id"])["run_id"]
+        counts = pc.value_counts(ids).to_pylist() if len(ids) else []
+        return {c["values"]: int(c["counts"]) for c in counts}
 
     # -- blocks ---------------------------------------------------------------------------
     def add_block(

@@ -10,6 +10,7 @@ run loses no finished block and ``lrag predict ... --resume RUN_ID`` continues i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -30,13 +31,16 @@ from lrag.checkpoints.generator import load_generator_weights
 from lrag.checkpoints.io import checkpoint_hash
 from lrag.data.prompts import WorldSpec
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.schema import RunInfo
+from lrag.memory.schema import RunInfo, StoreError
 from lrag.memory.store import MemoryStore
+from lrag.runs.faults import check_finite
+from lrag.runs.lease import LeaseHeldError, RunLease
+from lrag.runs.lifecycle import check_new_run_folder, compact_after_run, lease_for_resume, mark_failed
 from lrag.runs.outputs import RunOutputs
 from lrag.runs.progress import progress_bar
-from lrag.runs.resume import VideoRun, check_resume_config
+from lrag.runs.resume import VideoRun, check_resume_config, check_run_folder
 from lrag.runs.rows import frame_rows, retrieval_rows, shift_result
-from lrag.runs.truth import truncate_meta, world_from_meta
+from lrag.runs.truth import truncate_meta, truth_digest, world_from_meta
 from lrag.sampling.prefix import blank_block, condition_on_camera
 from lrag.sampling.prompts import context_schedule, effective_schedule
 from lrag.sampling.sampler import ARSampler, BlockResult, SeededNoise
@@ -225,17 +229,21 @@ class GeneratorModule(L.LightningModule):
         if self._resume_id is not None:
             if batch_idx > 0:
                 return {"run_ids": [], "dirs": []}  # a resume continues exactly one run
-            runs = [self._resumed_run(self._resume_id)]
+            makers = [functools.partial(self._resumed_run, self._resume_id)]
         else:
             if len(batch["prompts"]) != len(batch["seeds"]):
                 raise ValueError(f"batch {batch_idx}: {len(batch['prompts'])} prompts but "
                                  f"{len(batch['seeds'])} seeds; give one seed per prompt.")
             worlds = batch.get("worlds") or [None] * len(batch["prompts"])
             schedules = batch.get("schedules") or [None] * len(batch["prompts"])
-            runs = [self._new_run(p, int(s), w, sched)
-                    for p, s, w, sched in zip(batch["prompts"], batch["seeds"], worlds, schedules)]
-        for run in runs:
-            self._generate(run)
+            # Registered one at a time, just before generating: a failure of one video leaves
+            # no later video registered but never started (a "running 0/N" ghost).
+            makers = [functools.partial(self._new_run, p, int(s), w, sched)
+                      for p, s, w, sched in zip(batch["prompts"], batch["seeds"], worlds, schedules)]
+        runs = []
+        for make in makers:
+            runs.append(make())
+            self._generate(runs[-1])
         return {"run_ids": [r.run_id for r in runs],
                 "dirs": [str(r.outputs.dir) for r in runs]}
 
@@ -245,19 +253,43 @@ class GeneratorModule(L.LightningModule):
         schedule = effective_schedule(prompt, schedule, hp.frames_per_block, hp.num_frames)
         prompt = schedule[0]["prompt"] if schedule else prompt
         run_id = self._new_run_id()
-        outputs = self._outputs(run_id, prompt, seed)
+        # Everything that can refuse the run is checked before it is registered ...
+        self._check_world(world)
+        ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
+        check_new_run_folder(self._store, Path(hp.out_dir) / run_id, run_id)
         config = self._config_yaml()
-        outputs.write_config(config)
-        if world is not None:
-            outputs.write_ground_truth(truncate_meta(world.meta, self.hparams.num_frames))
+        truth = truncate_meta(world.meta, hp.num_frames) if world is not None else None
+        hashes = self.checkpoint_hashes()
+        if truth is not None:
+            hashes["world_json"] = truth_digest(truth)  # resume refuses a changed world.json
+        # ... and the id is claimed in the store before anything goes into its folder: a reused
+        # run_name is refused here and leaves the existing run untouched.
         self._store.start_run(RunInfo(
             run_id=run_id, config_yaml=config, backbone=_class_path(self.backbone),
-            checkpoint_hashes=self.checkpoint_hashes(), seed=seed, frames_planned=hp.num_frames,
+            checkpoint_hashes=hashes, seed=seed, frames_planned=hp.num_frames,
             prompts=list(dict.fromkeys(e["prompt"] for e in schedule)) or [prompt],
             prompt_schedule=schedule,
         ))
+        lease = None
+        try:
+            outputs = self._outputs(run_id, prompt, seed)
+            lease = RunLease(outputs.dir, run_id)
+            lease.acquire()
+            outputs.write_config(config)
+            if truth is not None:
+                outputs.write_ground_truth(truth)
+        except LeaseHeldError as err:
+            # Another process started a run of this id at the same instant (both passed the
+            # store's check): it owns the folder; marking the id failed would hit its run.
+            raise StoreError(f"{err} Two processes started run {run_id!r} at once; give "
+                             "concurrent starts distinct run_name values.") from None
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            mark_failed(self._store, run_id)
+            raise
         return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
-                        schedule=schedule)
+                        schedule=schedule, lease=lease)
 
     def _resumed_run(self, run_id: str) -> VideoRun:
         info = self._store.get_run(run_id)
@@ -268,27 +300,34 @@ class GeneratorModule(L.LightningModule):
             raise SystemExit(f"--resume {run_id}: the run is already complete.")
         check_resume_config(info, self._config_yaml(),
                             lambda: self.checkpoint_hashes()["backbone_weights"], self.hparams.out_dir)
-        prompt, seed = info["prompts"][0], int(info["seed"])
-        outputs = self._outputs(run_id, prompt, seed)
-        done = self._store.completed_blocks(run_id)
-        outputs.drop_blocks_from(done)
-        latents = outputs.read_blocks(done)
-        log.info("resuming %s after %d finished blocks", run_id, done)
-        self._store.set_status(run_id, "running")
-        resume = latents[None].to(self.device) if done else None
-        truth = outputs.read_ground_truth()
+        run_dir = Path(self.hparams.out_dir) / run_id
+        lease = lease_for_resume(run_dir, run_id, self.hparams.out_dir)
+        try:
+            prompt, seed = info["prompts"][0], int(info["seed"])
+            check_run_folder(info, run_dir)  # world.json and config.yaml are the run's own
+            outputs = self._outputs(run_id, prompt, seed)
+            done = self._store.completed_blocks(run_id)
+            outputs.drop_blocks_from(done)
+            latents = outputs.read_blocks(done)
+            log.info("resuming %s after %d finished blocks", run_id, done)
+            self._store.set_status(run_id, "running")
+            resume = latents[None].to(self.device) if done else None
+            truth = outputs.read_ground_truth()
+        except BaseException:
+            lease.release()
+            raise
         return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
                         world=world_from_meta(truth) if truth is not None else None,
                         schedule=list(info["prompt_schedule"]), done_blocks=done,
-                        resume_latents=resume)
+                        resume_latents=resume, lease=lease)
 
     @property
     def prefix(self) -> int:
         """Blank frames in front of every video (``sink_mode: blank``), never persisted."""
         return self.sampling.prefix
 
-    def _set_world(self, world: WorldSpec | None) -> None:
-        """Give the backbone (and a ground-truth memory) the camera of every frame of the video."""
+    def _check_world(self, world: WorldSpec | None) -> None:
+        """Refuse a video whose camera path does not fit the backbone or the length."""
         camera = getattr(self.backbone, "camera", "none")
         if world is None:
             if camera != "none":
@@ -301,6 +340,13 @@ class GeneratorModule(L.LightningModule):
         if world.positions.shape[0] < n:
             raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
                              f"the video has {n}; raise data.init_args.num_frames.")
+
+    def _set_world(self, world: WorldSpec | None) -> None:
+        """Give the backbone (and a ground-truth memory) the camera of every frame of the video."""
+        self._check_world(world)
+        if world is None:
+            return
+        n = self.hparams.num_frames
         condition_on_camera(self.backbone, self.memory, world.positions[:n][None], world.camera[:n][None],
                             self.prefix, self.device)
 
@@ -318,9 +364,9 @@ class GeneratorModule(L.LightningModule):
 
     def _generate(self, run: VideoRun) -> Tensor:
         store, hp, p = self._store, self.hparams, self.prefix
-        sampler = ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
-        noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
         try:
+            sampler = ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
+            noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
             context, switch = context_schedule(run.schedule or [{"frame": 0, "prompt": run.prompt}],
                                                self.text_encoder, p, self.device)
             start = self._sampler_start(run)
@@ -335,10 +381,17 @@ class GeneratorModule(L.LightningModule):
             run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
                                hp.frames_per_block)
             store.set_status(run.run_id, "complete")
-        except BaseException:
-            run.outputs.abort()
-            store.set_status(run.run_id, "failed")
+        except BaseException:  # KeyboardInterrupt too: no run stays "running" without a writer
+            try:
+                run.outputs.abort()
+            finally:
+                mark_failed(store, run.run_id)
+                if run.lease is not None:
+                    run.lease.release()
             raise
+        if run.lease is not None:
+            run.lease.release()
+        compact_after_run(store)
         self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done,
                                "seconds": run.seconds,
                                "frames_per_s": run.frames_done / max(run.seconds, 1e-9)})
@@ -354,6 +407,8 @@ class GeneratorModule(L.LightningModule):
         if result.block < run.done_blocks:
             return  # the blank prefix or a replayed block that is already on disk
         latents = result.latents[0]  # one run per sampler call: batch of 1
+        # Before anything of the block is written: finished blocks stay, resumable.
+        check_finite(latents, run.run_id, result.block, result.start_frame)
         location = run.outputs.write_block(result.block, result.start_frame, latents)
         frames = self._decode(result.latents)[0]
         run.outputs.write_video_frames(frames)

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from lrag.data.shards import ShardLocation, ShardWriter
 from lrag.data.video import VideoWriter
+from lrag.runs.truth import truth_json
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class RunOutputs:
         """
         self._truth = truth
         tmp = self.ground_truth_path.with_name("world.json.tmp")
-        tmp.write_text(json.dumps(truth), encoding="utf-8")
+        tmp.write_text(truth_json(truth), encoding="utf-8")
         os.replace(tmp, self.ground_truth_path)
         return self.ground_truth_path
 
@@ -184,8 +185,30 @@ class RunOutputs:
                     f"{path} is missing; the run directory was moved or pruned, so the run "
                     "cannot be resumed - start a new run."
                 )
-            parts.append(load_file(str(path))["latents"])
+            parts.append(self._read_block(path, block))
         return torch.cat(parts) if parts else torch.empty(0)
+
+    def _read_block(self, path: Path, block: int) -> torch.Tensor:
+        """One block's float32 latents, refused unless the file is this run's block ``block``."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            latents = load_file(str(path))["latents"]
+        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for garbage
+            raise ValueError(
+                f"resume {self.run_id}: {path} is not a readable block file ({err}); the run "
+                "cannot be resumed from it - delete the run folder's blocks from that one on, or "
+                "start a new run."
+            ) from None
+        if meta.get("run_id") != self.run_id or meta.get("block") != str(block):
+            raise ValueError(
+                f"resume {self.run_id}: {path} belongs to run {meta.get('run_id')!r} block "
+                f"{meta.get('block')!r}, not to this run's block {block}; the run folder holds "
+                "another run's files - restore them or start a new run."
+            )
+        return latents
 
     def drop_blocks_from(self, block: int) -> None:
         """Delete block files with index >= ``block`` (left by a run killed mid-block)."""

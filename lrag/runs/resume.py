@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hashlib
+
 import yaml
 from torch import Tensor
 
 from lrag.data.prompts import WorldSpec
 from lrag.runs.compat import migrate_config
+from lrag.runs.lease import RunLease
 from lrag.runs.outputs import RunOutputs
 
-__all__ = ["LATENT_KNOBS", "VideoRun", "check_resume_config"]
+__all__ = ["LATENT_KNOBS", "VideoRun", "check_resume_config", "check_run_folder"]
 
 #: Model knobs that change the latents; a resumed run must use the values it started with.
 LATENT_KNOBS = ("num_frames", "sampling", "channels", "height", "width", "backbone", "memory",
@@ -43,6 +46,8 @@ class VideoRun:
     seconds: float = 0.0
     progress: Any = None
     task: Any = None
+    #: This process's write lease of the run folder (released when the run ends).
+    lease: RunLease | None = None
 
 
 def _differences(old: Any, new: Any, path: str) -> list[str]:
@@ -78,4 +83,33 @@ def check_resume_config(info: dict, config_yaml: str, backbone_weights: Callable
             f"--resume {info['run_id']}: the config differs from the run's in "
             f"{', '.join(changed)}; resume with the config the run was started with "
             f"(saved as {Path(out_dir) / info['run_id'] / 'config.yaml'})."
+        )
+
+
+def check_run_folder(info: dict, run_dir: str | Path) -> None:
+    """Refuse (``SystemExit``) to resume from a folder whose inputs are not the run's own.
+
+    ``config.yaml`` must be the config the store recorded, and ``world.json`` must have the hash
+    recorded when the run started (runs stored before the hash was recorded skip that check).
+
+    Args:
+        info: The run's ``runs`` row.
+        run_dir: ``<out_dir>/<run_id>``.
+    """
+    run_dir = Path(run_dir)
+    problems = []
+    config = run_dir / "config.yaml"
+    if config.is_file() and config.read_text(encoding="utf-8") != info["config_yaml"]:
+        problems.append(f"{config} is not the config the store recorded for the run")
+    want = info["checkpoint_hashes"].get("world_json")
+    world = run_dir / "world.json"
+    if want is not None:
+        if not world.is_file():
+            problems.append(f"{world} is missing")
+        elif hashlib.sha256(world.read_bytes()).hexdigest() != want:
+            problems.append(f"{world} differs from the one the run started with (hash mismatch)")
+    if problems:
+        raise SystemExit(
+            f"--resume {info['run_id']}: {'; '.join(problems)}. The folder no longer holds this "
+            "run's inputs; restore them from a backup or start a new run."
         )

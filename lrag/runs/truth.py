@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
 
 from lrag.data.prompts import WorldSpec
 
-__all__ = ["PER_FRAME_META", "truncate_meta", "world_from_meta"]
+__all__ = ["PER_FRAME_META", "truth_digest", "truth_json", "truncate_meta", "world_from_meta"]
 
 #: Ground-truth fields of a world clip's meta that hold one entry per latent frame.
 PER_FRAME_META = ("positions", "camera", "visible_landmarks", "objects", "revisits")
@@ -30,3 +32,13 @@ def world_from_meta(meta: dict[str, Any]) -> WorldSpec:
     return WorldSpec(int(meta["world"]["world_id"]),
                      torch.tensor(meta["positions"], dtype=torch.float32),
                      torch.tensor(meta["camera"], dtype=torch.float32), meta)
+
+
+def truth_json(truth: dict[str, Any]) -> str:
+    """The exact text of a run's ``world.json`` (what :func:`truth_digest` hashes)."""
+    return json.dumps(truth)
+
+
+def truth_digest(truth: dict[str, Any]) -> str:
+    """SHA-256 of ``world.json``; the store records it so a resume can verify the file."""
+    return hashlib.sha256(truth_json(truth).encode("utf-8")).hexdigest()
