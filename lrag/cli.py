@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningCLI
 #: Extra subcommands: name -> (module, one-line help). Modules are imported lazily so that
 #: ``lrag memory sql`` does not pay for importing Lightning models.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("lrag.commands.data", "Latent shards: synth, import, inspect."),
+    "data": ("lrag.commands.data", "Latent shards: synth, import, inspect, collect."),
     "memory": ("lrag.commands.memory", "Inspect run memories: runs, show, search, read-only SQL."),
     "export": ("lrag.commands.export", "Export a checkpoint's weights and config to safetensors."),
     "eval": ("lrag.commands.eval", "A/B evaluation of retrieval against the native baseline."),

@@ -156,3 +156,15 @@ def test_a_killed_rank_leaves_finished_blocks_readable_and_resumable(tmp_path):
     assert store.get_run(run_id)["status"] == "complete"
     assert store.completed_blocks(run_id) == frames // FPB
     assert torch.equal(_blocks(tmp_path, run_id, done), before)
+
+
+@pytest.mark.slow
+def test_the_runs_of_both_ranks_collect_into_one_training_corpus(runs):
+    _, two, _ = runs
+    main(["data", "collect", str(two / "runs"), str(two / "corpus"), "--shard-size", "2"])
+    clips = {c.key: c for c in iter_clips(str(two / "corpus"))}
+    store = MemoryStore(two / "runs" / "memory.lancedb")
+    assert sorted(clips) == sorted(r["run_id"] for r in store.list_runs())
+    for run_id, clip in clips.items():
+        blocks = _blocks(two, run_id, 2).numpy().astype(clip.latents.dtype)
+        assert (clip.latents == blocks).all() and clip.meta["prompt"] in PROMPTS
