@@ -136,14 +136,16 @@ def test_a_killed_rank_leaves_finished_blocks_readable_and_resumable(tmp_path):
         rank_one = _rank_one(proc.pid)
         assert rank_one is not None, "rank 1 not found among the launcher's children"
         os.kill(rank_one, signal.SIGKILL)
-        proc.wait(timeout=120)  # Lightning's launcher stops the other ranks when one dies
+        # Lightning's launcher stops the other ranks when it notices (it polls every 5 s); a
+        # rank 0 that finished first may exit 0, so the store, not the exit code, tells.
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode != 0, "the run ended before the kill landed"
 
     store = MemoryStore(tmp_path / "runs" / "memory.lancedb")
+    assert store.get_run(run_id)["status"] == "running", "the run ended before the kill landed"
     done = store.completed_blocks(run_id)
     assert 1 <= done < frames // FPB, "the kill must land mid-run"
     rows = store.frames(run_id, with_previews=False)
