@@ -15,7 +15,7 @@ from typing import Sequence
 #: Extra subcommands: name -> (module, one-line help). Modules are imported only when their
 #: command runs, so ``lrag --help`` and ``lrag memory sql`` never import torch or Lightning.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("lrag.commands.data", "Latent shards: synth, import, inspect."),
+    "data": ("lrag.commands.data", "Latent shards: synth, import, inspect, collect."),
     "memory": ("lrag.commands.memory", "Inspect run memories: runs, show, search, read-only SQL."),
     "export": ("lrag.commands.export", "Export a checkpoint's weights and config to safetensors."),
     "eval": ("lrag.commands.eval", "A/B evaluation of retrieval against the native baseline."),

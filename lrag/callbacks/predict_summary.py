@@ -1,4 +1,8 @@
-"""``PredictSummary``: tells the user where ``lrag predict`` put things and what to try next."""
+"""``PredictSummary``: tells the user where ``lrag predict`` put things and what to try next.
+
+Under several ranks every rank collects its own runs; at the end they are gathered to rank 0,
+which prints one summary for all of them.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
+import torch.distributed as dist
 
-__all__ = ["PredictSummary", "summary_lines"]
+__all__ = ["PredictSummary", "gather_runs", "summary_lines"]
+
+
+def gather_runs(run_ids: list[str], dirs: list[str]) -> tuple[list[str], list[str]]:
+    """Every rank's ``(run_ids, dirs)``, rank 0's first; this rank's own without a process group.
+
+    A collective: under a process group every rank must call it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(run_ids), list(dirs)
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (list(run_ids), list(dirs)))
+    return [r for ids, _ in parts for r in ids], [d for _, ds in parts for d in ds]
 
 
 def summary_lines(dirs: list[str], run_ids: list[str], store_uri: str, tb_dir: str | None,
@@ -62,10 +78,12 @@ class PredictSummary(L.Callback):
             self.run_ids += list(outputs.get("run_ids", []))
             self.dirs += list(outputs.get("dirs", []))
 
-    @rank_zero_only
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        run_ids, dirs = gather_runs(self.run_ids, self.dirs)  # every rank takes part
+        if trainer.global_rank != 0:
+            return
         store = getattr(pl_module, "hparams", {}).get("store_uri", "runs/memory.lancedb")
         logger = trainer.logger
         tb_dir = getattr(logger, "root_dir", None) if logger is not None else None
         # User-facing CLI output, not logging: it is the answer to "where is my video?".
-        print("\n".join(summary_lines(self.dirs, self.run_ids, store, tb_dir, self.eval_config)))
+        print("\n".join(summary_lines(dirs, run_ids, store, tb_dir, self.eval_config)))

@@ -4,6 +4,7 @@
     lrag data import SRC DST [--channels 16] [--skip-bad]                 (.pt/.npy latents)
     lrag data import SRC DST --vae PATH [--height 480 --width 832] ...    (videos, Wan VAE)
     lrag data inspect PATH [--json] [--skip-bad]
+    lrag data collect RUNS... DST [--shard-size 16]                       (predict runs -> shards)
 
 ``synth`` and ``import`` write into a hidden sibling of DST and swap the new shards in only when
 everything succeeded (:mod:`lrag.data.staging`): a failed or interrupted run leaves DST as it was.
@@ -70,7 +71,7 @@ def _add_video_args(imp: ArgumentParser) -> None:
 
 def build_parser() -> ArgumentParser:
     """The ``lrag data`` parser with its ``synth``, ``import`` and ``inspect`` subcommands."""
-    parser = ArgumentParser(prog="lrag data", description="Latent shards: synth, import, inspect.")
+    parser = ArgumentParser(prog="lrag data", description="Latent shards: synth, import, inspect, collect.")
     subcommands = parser.add_subcommands(dest="command")
 
     synth = ArgumentParser(description="Write procedural latent clips as shards (deterministic).")
@@ -112,6 +113,15 @@ def build_parser() -> ArgumentParser:
                          help="Leave out empty/truncated/corrupt shards with a warning naming "
                               "each (default: stop with an error naming the first).")
     subcommands.add_subcommand("inspect", inspect, help="Summarise a shard set.")
+
+    collect = ArgumentParser(description="Gather the latents of finished `lrag predict` runs "
+                                         "(each run's latents-000000.tar) into training shards.")
+    collect.add_argument("sources", type=str, nargs="+",
+                         help="Predict out_dir folders (runs/) or run folders, then DST last.")
+    collect.add_argument("--min-frames", type=int, default=1,
+                         help="Leave out runs with fewer latent frames.")
+    _common_output_args(collect)
+    subcommands.add_subcommand("collect", collect, help="Predict runs -> embedder-training shards.")
     return parser
 
 
@@ -278,6 +288,36 @@ def run_import(cfg: Namespace) -> ImportReport:
     return _import_videos(cfg, src) if cfg.vae is not None else _import_latents(cfg, src)
 
 
+def run_collect(cfg: Namespace) -> "CollectReport":
+    """Write the clips of the finished runs under ``cfg.sources[:-1]`` as shards in the last."""
+    from lrag.data.collect import CollectReport, collect_clips, find_run_clips
+    from lrag.data.shards import ShardWriter
+
+    if len(cfg.sources) < 2:
+        raise SystemExit("lrag data collect: give at least one runs folder and then DST.")
+    _check_output_flags("collect", cfg)
+    if cfg.min_frames < 1:
+        _refuse("collect", "--min-frames", cfg.min_frames, "must be >= 1")
+    *sources, dst = cfg.sources
+    try:
+        clips, unfinished = find_run_clips(sources)
+    except FileNotFoundError as err:
+        raise SystemExit(f"lrag data collect: {err}") from err
+    if not clips:
+        raise SystemExit(f"lrag data collect: no finished run (*/latents-000000.tar) under "
+                         f"{', '.join(sources)}.")
+    check_destination(dst, cfg.prefix, cfg.overwrite)
+    report = CollectReport(unfinished=[str(p) for p in unfinished])
+    with staged_shard_dir(dst, cfg.prefix, cfg.overwrite) as staging:
+        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
+            for clip in collect_clips(clips, writer.write, cfg.min_frames):
+                report.runs += 1
+                report.frames += clip.latents.shape[0]
+    print(f"collected {report.runs} run(s), {report.frames} latent frames, into "
+          f"{len(writer.shards)} shard(s) in {dst}; {len(unfinished)} unfinished run(s) left out")
+    return report
+
+
 @dataclass
 class ShardSetSummary:
     """Counts and value statistics of a shard set (``lrag data inspect``)."""
@@ -384,7 +424,8 @@ def main(args: Sequence[str] | None = None) -> Any:
     from lrag.data.video_sources import VideoFormatError
 
     command = cfg.command
-    runner = {"synth": run_synth, "import": run_import, "inspect": run_inspect}[command]
+    runner = {"synth": run_synth, "import": run_import, "inspect": run_inspect,
+              "collect": run_collect}[command]
     try:
         return runner(cfg[command])
     except (LatentFormatError, VideoFormatError, VAELoadError, StagingError) as err:

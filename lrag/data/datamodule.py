@@ -4,6 +4,12 @@ Pipeline (train): shard list -> split by node -> split by worker -> seeded shard
 tar samples -> decode -> seeded sample shuffle buffer -> one window per clip -> batches.
 Validation uses a fixed window per clip (it depends on ``seed`` and the key only), so
 validation losses are comparable across epochs.
+
+Under DDP (``--trainer.devices N``, ``num_nodes``) rank ``r`` trains on shards ``r, r + N, ...``
+of the sorted training list (no shard on two ranks), split again over its workers. Every worker
+stream repeats its shards until it has yielded its fixed share of the epoch, so every rank runs
+the same number of batches even when the shard count is not a multiple of ``N`` (a rank with
+fewer shards revisits them more often) - unequal batch counts would hang DDP's gradient sync.
 """
 
 from __future__ import annotations
@@ -256,13 +262,19 @@ class LatentShardDataModule(L.LightningDataModule):
                           collate_fn=collate_windows, persistent_workers=workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
-        """One fixed window per validation clip, in shard order; ``[]`` without a val split."""
+        """One fixed window per validation clip, in shard order; ``[]`` without a val split.
+
+        Every rank validates on *all* validation clips (shards are split over workers, not
+        ranks): split by rank, uneven shard counts would give ranks different numbers of
+        batches (or none), and the epoch-end metric sync would wait forever on a rank that
+        logged nothing. Replicated, the synced ``val/*`` values equal a one-device run's.
+        """
         self.setup()
         if not self.val_shards:
             return []
-        workers = self._workers(max(1, len(self.val_shards) // self.world_size))
+        workers = self._workers(len(self.val_shards))
         dataset = (
-            wds.WebDataset(self.val_shards, shardshuffle=False, nodesplitter=wds.split_by_node,
+            wds.WebDataset(self.val_shards, shardshuffle=False, nodesplitter=None,
                            workersplitter=wds.split_by_worker, empty_check=False,
                            handler=self._handler)
             .map(decode_clip, handler=self._handler)

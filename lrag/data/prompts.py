@@ -1,5 +1,10 @@
 """Predict-time data: prompts (from YAML or a text file) with one seed each, or procedural worlds.
 
+Under ``--trainer.devices N`` (or ``num_nodes``) each rank gets its own share of the videos:
+video ``i`` goes to rank ``i % world_size``, exactly once (no sampler padding), with the seed it
+has under one process. The loaders are iterable datasets, so Lightning does not put a
+``DistributedSampler`` on top (see :func:`rank_share`).
+
 :class:`PromptDataModule` feeds text prompts. :class:`WorldPromptDataModule` feeds procedural
 worlds (:mod:`lrag.data.world`): per video a prompt, a noise seed and a :class:`WorldSpec` (the
 world seed, its camera trajectory and the ground truth), so a camera-conditioned backbone gets
@@ -15,13 +20,13 @@ from typing import Any
 
 import lightning as L
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 
-__all__ = ["PromptDataModule", "PromptDataset", "WorldPromptDataModule", "WorldSpec",
-           "check_prompt_schedule", "collate_prompts", "prompt_at", "read_prompt_file",
+__all__ = ["PromptDataModule", "PromptDataset", "RankShare", "WorldPromptDataModule", "WorldSpec",
+           "check_prompt_schedule", "collate_prompts", "prompt_at", "rank_share", "read_prompt_file",
            "read_schedule_file"]
 
 #: One prompt switch: ``{"frame": int, "prompt": str}`` (the prompt applies from ``frame`` on).
@@ -126,6 +131,45 @@ class PromptDataset(Dataset):
         return self.prompts[index], self.seeds[index], self.schedule
 
 
+def rank_share(count: int, rank: int, world_size: int) -> list[int]:
+    """Indices of the videos rank ``rank`` of ``world_size`` generates: ``rank, rank + N, ...``.
+
+    Every index in ``range(count)`` belongs to exactly one rank; ranks differ by at most one
+    video and a rank may get none (more ranks than videos). Nothing is padded or repeated, so no
+    video is generated twice - predict needs no equal batch counts (it has no collectives).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < world_size.")
+    return list(range(rank, count, world_size))
+
+
+def _rank_and_world(datamodule: L.LightningDataModule) -> tuple[int, int]:
+    """``(global_rank, world_size)`` of the Trainer running ``datamodule`` (``(0, 1)`` without one)."""
+    trainer = getattr(datamodule, "trainer", None)
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+class RankShare(IterableDataset):
+    """This rank's items of a map-style dataset, in index order.
+
+    Iterable on purpose: Lightning replaces the sampler of map-style datasets under a
+    distributed strategy (DistributedSampler pads with duplicates); it leaves iterable ones alone.
+
+    Args:
+        dataset: All items (every rank holds the same list).
+        indices: The items of this rank (:func:`rank_share`).
+    """
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    # No __len__: Lightning warns that a sized IterableDataset may be miscounted with workers.
+    def __iter__(self):  # noqa: D105
+        return (self.dataset[i] for i in self.indices)
+
+
 def collate_prompts(items: list[tuple]) -> dict[str, list]:
     """Batch as ``{"prompts": [...], "seeds": [...]}`` (+ ``"schedules"`` when any video has one)."""
     batch = {"prompts": [item[0] for item in items], "seeds": [item[1] for item in items]}
@@ -211,13 +255,11 @@ class PromptDataModule(L.LightningDataModule):
         return self.prompt_schedule
 
     def predict_dataloader(self) -> DataLoader:  # noqa: D102
-        # Order matters (run i gets prompt i): no shuffling; no workers, the items are strings.
-        return DataLoader(
-            PromptDataset(self.prompts, self.seeds, self.schedule),
-            batch_size=self.batch_size,
-            shuffle=False,
-            collate_fn=collate_prompts,
-        )
+        # Order matters (this rank's i-th run gets its i-th prompt); no workers, items are strings.
+        dataset = PromptDataset(self.prompts, self.seeds, self.schedule)
+        share = rank_share(len(dataset), *_rank_and_world(self))
+        return DataLoader(RankShare(dataset, share), batch_size=self.batch_size,
+                          collate_fn=collate_prompts)
 
 
 @dataclass
@@ -310,6 +352,9 @@ class WorldPromptDataModule(L.LightningDataModule):
         return prompt, WorldSpec(seed, clip["positions"], clip["camera"], clip["meta"])
 
     def predict_dataloader(self) -> DataLoader:  # noqa: D102
-        rendered = [self.world(i) for i in range(len(self.world_seeds))]
-        dataset = _WorldDataset([p for p, _ in rendered], self.seeds, [w for _, w in rendered])
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_worlds)
+        share = rank_share(len(self.world_seeds), *_rank_and_world(self))
+        rendered = [self.world(i) for i in share]  # render only this rank's worlds
+        dataset = _WorldDataset([p for p, _ in rendered], [self.seeds[i] for i in share],
+                                [w for _, w in rendered])
+        return DataLoader(RankShare(dataset, list(range(len(share)))), batch_size=self.batch_size,
+                          collate_fn=collate_worlds)

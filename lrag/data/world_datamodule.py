@@ -109,19 +109,25 @@ class WorldIndexBatches(IterableDataset):
         window_frames: Frames per window.
         batch_size: Windows per batch.
         seed: Seed of the sampler (each worker adds its id).
+        rank: Global rank of this process under DDP; each (rank, worker) draws its own stream.
     """
 
     def __init__(self, clip_frames: int, prompts: list[str], window_frames: int, batch_size: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, rank: int = 0) -> None:
         if not prompts:
             raise ValueError("WorldIndexBatches: no clips; set num_worlds >= 1.")
         self.clip_frames, self.prompts = clip_frames, prompts
         self.window_frames, self.batch_size, self.seed = window_frames, batch_size, seed
+        self.rank = rank
         self._passes = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        seq = np.random.SeedSequence([self.seed, 0 if info is None else info.id, self._passes])
+        workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        # Stream id rank * workers + worker: distinct over ranks and workers (identical streams
+        # on two ranks would only repeat work), and the old worker id on one device.
+        stream = self.rank * workers + worker
+        seq = np.random.SeedSequence([self.seed, stream, self._passes])
         gen = torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0]) % 2**63)
         self._passes += 1
         while True:
@@ -140,8 +146,10 @@ class WorldDataModule(L.LightningDataModule):
         clip_frames: Frames rendered per world (one trajectory each).
         window_frames: Frames per training sample: the sampled window; must exceed the
             attention window so that evicted frames exist for memory exposure.
-        batch_size: Samples per batch.
-        steps_per_epoch: Batches per epoch (the stream is endless).
+        batch_size: Samples per optimiser step over all devices; each of ``world_size`` devices
+            gets ``batch_size // world_size`` (must divide evenly), from its own random stream.
+        steps_per_epoch: Optimiser steps per epoch, on any number of devices (the stream is
+            endless; every rank takes this many batches).
         height: Latent frame height (world ``frame_height``).
         width: Latent frame width.
         channels: Latent channels.
@@ -199,7 +207,13 @@ class WorldDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:  # noqa: D102
         hp = self.hparams
         prompts = [c["prompt"] for c in self.clips]
-        dataset = WorldIndexBatches(hp.clip_frames, prompts, hp.window_frames, hp.batch_size, hp.seed)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if hp.batch_size % world:
+            raise ValueError(f"WorldDataModule: batch_size={hp.batch_size} is not divisible by "
+                             f"world_size={world}; use a multiple of the device count.")
+        dataset = WorldIndexBatches(hp.clip_frames, prompts, hp.window_frames,
+                                    hp.batch_size // world, hp.seed, rank)
         return DataLoader(_Limited(dataset, hp.steps_per_epoch), batch_size=None, num_workers=hp.num_workers)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -95,6 +95,7 @@ class EmbedderModule(LightningModule):
             on_epoch=not on_step,
             batch_size=b,
             prog_bar=False,
+            sync_dist=True,  # averaged over ranks under DDP (a no-op on one device)
         )
         return out
 

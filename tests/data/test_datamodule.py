@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lrag.data.datamodule import LatentShardDataModule, split_shards, take_window, window_start
-from lrag.data.shards import LatentFormatError, ShardWriter
+from lrag.data.shards import LatentFormatError, ShardWriter, iter_clips
 
 
 def _write_ramps(folder, num_clips: int, per_shard: int, frames=lambda i: 10 + i) -> None:
@@ -213,3 +213,49 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
     return buf.getvalue()
+
+
+class _Trainer:
+    """The two attributes the datamodule reads from its Trainer under DDP."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+
+def _rank_epoch(folder, rank: int, world: int, monkeypatch, num_workers: int = 0):
+    # WebDataset's split_by_node reads RANK/WORLD_SIZE when no process group is initialised,
+    # as torchrun and Lightning's launcher set them for each rank.
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    dm = LatentShardDataModule(str(folder), seq_len=3, batch_size=4, num_workers=num_workers,
+                               val_fraction=0.25, shuffle_buffer=0, seed=3)
+    dm.trainer = _Trainer(world)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    train_keys = {k for b in batches for k in b["key"]}
+    val_keys = [k for b in dm.val_dataloader() for k in b["key"]]
+    return batches, len(loader), train_keys, val_keys, dm
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ranks_train_on_disjoint_shards_with_equal_batch_counts_when_uneven(tmp_path, monkeypatch,
+                                                                          num_workers):
+    # 7 shards -> 2 val + 5 train: 5 training shards over 2 ranks is uneven (3 + 2).
+    _write_ramps(tmp_path, num_clips=14, per_shard=2, frames=lambda i: 6)
+    epochs = [_rank_epoch(tmp_path, r, 2, monkeypatch, num_workers) for r in range(2)]
+    dm = epochs[0][4]
+    assert len(dm.train_shards) == 5 and len(dm.val_shards) == 2
+    (b0, n0, k0, v0, _), (b1, n1, k1, v1, _) = epochs
+    assert len(b0) == len(b1) == n0 == n1, "ranks must run the same number of batches"
+    assert all(b["latents"].shape[0] == 2 for b in b0 + b1)  # global batch 4 over 2 ranks
+    assert not k0 & k1, f"clips on both ranks: {sorted(k0 & k1)}"
+    every = {clip.key for clip in iter_clips(dm.train_shards)}
+    assert k0 | k1 == every, "together the ranks see every training clip"
+    # Validation is replicated: each rank scores all validation clips, like one device.
+    assert v0 == v1 and len(v0) == 4
+
+
+def test_more_ranks_than_training_shards_is_refused(tmp_path, monkeypatch):
+    _write_ramps(tmp_path, num_clips=4, per_shard=2)
+    with pytest.raises(ValueError, match="at least one shard per device"):
+        _rank_epoch(tmp_path, 0, 4, monkeypatch)

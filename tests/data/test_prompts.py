@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrag.data.prompts import (PromptDataModule, check_prompt_schedule, prompt_at, read_prompt_file,
-                               read_schedule_file)
+from lrag.data.prompts import (PromptDataModule, WorldPromptDataModule, check_prompt_schedule,
+                               prompt_at, rank_share, read_prompt_file, read_schedule_file)
 
 
 def _batches(dm: PromptDataModule) -> list[dict]:
@@ -116,3 +116,32 @@ def test_schedule_file_and_batches(tmp_path) -> None:
         read_schedule_file(path)
     with pytest.raises(ValueError, match="at most one"):
         PromptDataModule(prompts=["a"], schedule_file=str(path), prompt_schedule=expected)
+
+
+class _Trainer:
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.global_rank, self.world_size = rank, world_size
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_ranks_share_the_prompts_exactly_once_with_their_single_process_seeds(world):
+    prompts = [f"p{i}" for i in range(4)]
+    seen = []
+    for rank in range(world):
+        dm = PromptDataModule(prompts=prompts, seed=10, batch_size=2)
+        dm.trainer = _Trainer(rank, world)
+        batches = list(dm.predict_dataloader())
+        seen += [(p, s) for b in batches for p, s in zip(b["prompts"], b["seeds"])]
+    assert sorted(seen) == [(f"p{i}", 10 + i) for i in range(4)]  # no padding duplicates
+
+
+def test_world_datamodule_renders_only_its_rank_share():
+    dm = WorldPromptDataModule(world_seeds=[5, 6, 7], num_frames=4)
+    dm.trainer = _Trainer(1, 2)
+    (batch,) = list(dm.predict_dataloader())
+    assert batch["seeds"] == [6] and [w.world_seed for w in batch["worlds"]] == [6]
+
+
+def test_rank_share_refuses_a_bad_rank():
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        rank_share(4, 2, 2)
