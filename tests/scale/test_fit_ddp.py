@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrag.cli import main, run_lightning
+from lrag.cli import main
+from lrag.commands.lightning_cli import run_lightning
 
 from .test_predict_ddp import DDP, _env
 

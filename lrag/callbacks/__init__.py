@@ -1,0 +1,1 @@
+"""Lightning callbacks: the predict summary, TensorBoard images and scalars, training guards."""

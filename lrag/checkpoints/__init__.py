@@ -1,0 +1,1 @@
+"""Every checkpoint file format: the safe reader, upstream generators, LoRA, embedder and backbone files, exporters."""

@@ -1,0 +1,1 @@
+"""The AR block loop (inference only): settings, sampler, schedule, blank prefix, prompt switching."""
