@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.memory.retrieval import cosine_topk, num_eligible
+from lrag.memory.retrieval import mmr_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
@@ -87,6 +87,8 @@ class RetrievalMemory:
             ``"host"`` (CPU memory, pinned when CUDA is available) or ``"recompute"``
             (nothing stored; K/V are rebuilt from the clean latent by a hook that the
             sampler installs - an approximation, see :meth:`set_recompute`).
+        diversity: Maximal-marginal-relevance weight of the top-K (``mmr_topk``): 0 = plain
+            cosine top-K (the reference); higher values skip near-duplicates of a pick.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class RetrievalMemory:
         descriptor: str = "avg_pool",
         embedder_path: str | None = None,
         kv_tier: str = "host",
+        diversity: float = 0.0,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -112,6 +115,9 @@ class RetrievalMemory:
         self.descriptor = descriptor
         self.embedder_path = embedder_path
         self.kv_tier = kv_tier
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"RetrievalMemory.diversity must be in [0, 1] (0 = plain top-K), got {diversity}")
+        self.diversity = diversity
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
         self.first_candidate = 0
@@ -219,7 +225,7 @@ class RetrievalMemory:
             return None
         query = self._descriptors[-1]
         candidates = torch.stack([self._descriptors[f] for f in self._pool_frames[:eligible]], dim=1)
-        scores, idx = cosine_topk(query, candidates, min(self.memory_size, eligible))
+        scores, idx = mmr_topk(query, candidates, min(self.memory_size, eligible), self.diversity)
         frames = torch.tensor(self._pool_frames, device=idx.device)[idx]
         record = RetrievalRecord(query_frame, frames, scores)
         self.records.append(record)
