@@ -18,6 +18,7 @@ choosing an embedder recipe with it.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import retrieval_scores
 from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, load_conditioned_backbone
-from lrag.memory.retrieval import cosine_topk
+from lrag.memory.retrieval import mmr_topk
 from lrag.checkpoints.embedder import load_embedder
 
 Descriptor = Callable[[Tensor], Tensor]  # [T, C, H, W] -> [T, D]
@@ -48,17 +49,58 @@ def fixed_descriptors() -> dict[str, Descriptor]:
             "flat_centred": lambda x: flat(x) - flat(x).mean(dim=0, keepdim=True)}
 
 
-def retrieve_offline(desc: Tensor, meta: dict, s: EvalSettings) -> tuple[list[list[int]], list[list[int]]]:
-    """Retrieved and relevant frames per block: the sampler's candidate rule and top-K cosine."""
+def retrieve_offline(desc: Tensor, meta: dict, s: EvalSettings, diversity: float = 0.0,
+                     centre: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+    """Retrieved and relevant frames per block: the sampler's candidate rule and top-K (MMR) cosine.
+
+    ``centre`` subtracts the mean descriptor of the frames seen so far (causal, as the sampler
+    could) from query and candidates before the cosine.
+    """
     got, relevant = [], []
     for start in range(s.frames_per_block, desc.shape[0], s.frames_per_block):
         cands = candidate_frames(s, start)
         if not cands:
             continue
-        _, top = cosine_topk(desc[start - 1][None], desc[cands][None], min(s.memory_size, len(cands)))
+        d = desc[:start] - desc[:start].mean(dim=0, keepdim=True) if centre else desc[:start]
+        _, top = mmr_topk(d[start - 1][None], d[cands][None], min(s.memory_size, len(cands)), diversity)
         got.append([cands[i] for i in top[0].tolist()])
         relevant.append(relevant_frames(meta, range(start, start + s.frames_per_block), cands))
     return got, relevant
+
+
+def _settings(config: str, num_frames: int) -> EvalSettings:
+    raw = yaml.safe_load(Path(config).read_text())
+    s = EvalSettings(**{k: v for k, v in raw.items() if k in EvalSettings.__dataclass_fields__})
+    s.num_frames = num_frames
+    return s
+
+
+def score_world(args: argparse.Namespace, source: str, seed: int) -> dict[str, float]:
+    """Recall@K of every descriptor x rule on one world's video from ``source`` (one process's job)."""
+    torch.set_num_threads(1)
+    s = _settings(args.config, args.num_frames)
+    wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
+                       revisit_min=s.revisit_min, revisit_max=s.revisit_max)
+    descriptors = fixed_descriptors()
+    for path in args.embedders:
+        model = load_embedder(resolve_asset(path, "--embedders")).eval()
+        descriptors[Path(path.removeprefix("asset:")).stem] = model.encode
+    world = render_world(seed, s.num_frames, wcfg)
+    if source == "clean":
+        video = world["latents"].float()
+    else:
+        v = Variant(source, None if source == "native" else source, "replace")
+        video = generate_video(s, load_conditioned_backbone(s), world, v, seed)[0][0]
+    out = {}
+    for name, fn in descriptors.items():
+        with torch.no_grad():
+            desc = fn(video)
+        for lam in args.diversity:
+            for centre in ([False, True] if args.centre else [False]):
+                got, rel = retrieve_offline(desc, world["meta"], s, lam, centre)
+                _, recall = retrieval_scores(got, rel, s.memory_size)
+                out[name + (f" mmr{lam:g}" if lam else "") + (" centred" if centre else "")] = float(recall.mean())
+    return out
 
 
 def main() -> None:
@@ -67,43 +109,36 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="world seeds (use validation worlds)")
     parser.add_argument("--num_frames", type=int, default=120)
     parser.add_argument("--embedders", nargs="*", default=[], help="embedder files (asset:<name> allowed)")
+    parser.add_argument("--diversity", type=float, nargs="*", default=[0.0], help="MMR diversity values")
+    parser.add_argument("--centre", action="store_true", help="also score causally centred descriptors")
+    parser.add_argument("--sources", nargs="*", default=["clean", "oracle", "native"],
+                        choices=["clean", "oracle", "native"])
+    parser.add_argument("--workers", type=int, default=1, help="processes (one world video each)")
     args = parser.parse_args()
 
-    raw = yaml.safe_load(Path(args.config).read_text())
-    s = EvalSettings(**{k: v for k, v in raw.items() if k in EvalSettings.__dataclass_fields__})
-    s.num_frames = args.num_frames
-    net = load_conditioned_backbone(s)
-    wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
-                       revisit_min=s.revisit_min, revisit_max=s.revisit_max)
-    descriptors = fixed_descriptors()
-    for path in args.embedders:
-        model = load_embedder(resolve_asset(path, "--embedders")).eval()
-        descriptors[Path(path.removeprefix("asset:")).stem] = model.encode
-
-    sources = {"clean world": None, "oracle-retrieval video": "oracle", "native video": "native"}
-    rows: dict[str, dict[str, float]] = {name: {} for name in descriptors}
-    for label, variant in sources.items():
-        hits: dict[str, tuple[list, list]] = {name: ([], []) for name in descriptors}
-        for seed in args.seeds:
-            world = render_world(seed, s.num_frames, wcfg)
-            if variant is None:
-                video = world["latents"].float()
-            else:
-                v = Variant(variant, None if variant == "native" else variant, "replace")
-                video = generate_video(s, net, world, v, seed)[0][0]
-            for name, fn in descriptors.items():
-                with torch.no_grad():
-                    got, rel = retrieve_offline(fn(video), world["meta"], s)
-                hits[name][0].extend(got)
-                hits[name][1].extend(rel)
-        for name, (got, rel) in hits.items():
-            _, recall = retrieval_scores(got, rel, s.memory_size)
-            rows[name][label] = float(recall.mean())
-    print(f"recall@{s.memory_size} over {len(args.seeds)} worlds x {s.num_frames} frames (queries with a relevant frame)\n")
-    print("| descriptor | " + " | ".join(sources) + " |")
-    print("|---|" + "---|" * len(sources))
+    jobs = [(args, source, seed) for source in args.sources for seed in args.seeds]
+    if args.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            results = pool.starmap(score_world, jobs)
+    else:
+        results = [score_world(*job) for job in jobs]
+    labels = {"clean": "clean world", "oracle": "oracle-retrieval video", "native": "native video"}
+    rows: dict[str, dict[str, str]] = {}
+    for source in args.sources:
+        per_world = [r for (_, src, _), r in zip(jobs, results) if src == source]
+        base = torch.tensor([r["avg_pool"] for r in per_world])
+        for name in per_world[0]:
+            r = torch.tensor([w[name] for w in per_world])
+            ok = ~(r.isnan() | base.isnan())
+            wins = int((r[ok] > base[ok]).sum())
+            rows.setdefault(name, {})[source] = f"{r[ok].mean():.3f} ({wins}/{int(ok.sum())})"
+    s = _settings(args.config, args.num_frames)
+    print(f"recall@{s.memory_size}, mean over {len(args.seeds)} worlds x {s.num_frames} frames of the per-world "
+          "recall (queries with a relevant frame); in brackets: worlds where it beats avg_pool\n")
+    print("| descriptor | " + " | ".join(labels[x] for x in args.sources) + " |")
+    print("|---|" + "---|" * len(args.sources))
     for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[label]:.3f}" for label in sources) + " |")
+        print(f"| {name} | " + " | ".join(row[x] for x in args.sources) + " |")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ _HELP = {
     "text_len": "Prompt tokens of the TinyTextEncoder (as in training).",
     "budgets": "Attention budget modes to compare: replace and/or add.",
     "descriptors": "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>.",
+    "diversity": "MMR weight of the cosine top-K (0 = plain top-K; higher skips near-duplicates of a pick).",
     "sink_mode": "blank (a zero block is the sink, as in training) | first.",
     "train_seeds": "Extra seeds known to be training worlds (checked against seeds).",
     "sink_swap": "Sink-swap check: a world seed (not evaluated) whose first frame replaces the blank sink "

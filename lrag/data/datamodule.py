@@ -26,6 +26,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
+from lrag.data.revisits import clip_truth, revisit_partners
 from lrag.data.shard_check import BadShardPolicy, check_shards
 from lrag.data.shards import Clip, LatentFormatError, decode_clip, resolve_shards
 
@@ -67,10 +68,23 @@ def take_window(latents: np.ndarray, start: int, seq_len: int) -> np.ndarray:
     return window
 
 
-def make_sample(clip: Clip, seq_len: int, seed: int, epoch: int) -> dict[str, Any]:
-    """One training sample from a clip: ``{"latents": [seq_len,C,H,W] float32, "key", "start"}``."""
-    start = window_start(clip.latents.shape[0], seq_len, seed, epoch, clip.key)
-    return {"latents": take_window(clip.latents, start, seq_len), "key": clip.key, "start": start}
+def make_sample(clip: Clip, seq_len: int, seed: int, epoch: int,
+                revisit_min_gap: int | None = None) -> dict[str, Any]:
+    """One training sample from a clip: ``{"latents": [seq_len,C,H,W] float32, "key", "start"}``.
+
+    With ``revisit_min_gap`` (clips with ground truth only) it also holds ``revisit_latents``
+    ``[seq_len,C,H,W]`` (one partner frame per window frame) and the ``positives`` /
+    ``negatives`` masks ``[2*seq_len, 2*seq_len]`` of :func:`lrag.data.revisits.revisit_partners`.
+    """
+    n = clip.latents.shape[0]
+    start = window_start(n, seq_len, seed, epoch, clip.key)
+    sample = {"latents": take_window(clip.latents, start, seq_len), "key": clip.key, "start": start}
+    if revisit_min_gap is not None:
+        truth = clip_truth(clip.meta, n, f"clip {clip.key!r}")
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch + 2, zlib.crc32(clip.key.encode("utf-8"))])
+        partners, pos, neg = revisit_partners(truth, start, seq_len, revisit_min_gap, rng)
+        sample.update(revisit_latents=clip.latents[partners].astype(np.float32), positives=pos, negatives=neg)
+    return sample
 
 
 def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,11 +94,15 @@ def collate_windows(samples: list[dict[str, Any]]) -> dict[str, Any]:
         keys = [(s["key"], s["latents"].shape) for s in samples]
         raise ValueError(f"clips in one batch differ in [C, H, W]: {keys}; a shard set must hold "
                          "one latent size (see `lrag data inspect`).")
-    return {
+    batch = {
         "latents": torch.from_numpy(np.stack([s["latents"] for s in samples])),
         "key": [s["key"] for s in samples],
         "start": torch.tensor([s["start"] for s in samples], dtype=torch.long),
     }
+    for name in ("revisit_latents", "positives", "negatives"):
+        if name in samples[0]:
+            batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
+    return batch
 
 
 class RandomWindows(wds.PipelineStage):
@@ -94,25 +112,26 @@ class RandomWindows(wds.PipelineStage):
     k-th pass of every copy uses epoch k.
     """
 
-    def __init__(self, seq_len: int, seed: int) -> None:
+    def __init__(self, seq_len: int, seed: int, revisit_min_gap: int | None = None) -> None:
         self.seq_len = seq_len
         self.seed = seed
+        self.revisit_min_gap = revisit_min_gap
         self.epoch = -1
 
     def run(self, src: Iterator[Clip]) -> Iterator[dict[str, Any]]:  # noqa: D102
         self.epoch += 1
         for clip in src:
-            yield make_sample(clip, self.seq_len, self.seed, self.epoch)
+            yield make_sample(clip, self.seq_len, self.seed, self.epoch, self.revisit_min_gap)
 
 
 class _FixedWindow:
     """Picklable ``clip -> sample`` with the validation epoch (lambdas cannot cross to workers)."""
 
-    def __init__(self, seq_len: int, seed: int) -> None:
-        self.seq_len, self.seed = seq_len, seed
+    def __init__(self, seq_len: int, seed: int, revisit_min_gap: int | None = None) -> None:
+        self.seq_len, self.seed, self.revisit_min_gap = seq_len, seed, revisit_min_gap
 
     def __call__(self, clip: Clip) -> dict[str, Any]:
-        return make_sample(clip, self.seq_len, self.seed, _VAL_EPOCH)
+        return make_sample(clip, self.seq_len, self.seed, _VAL_EPOCH, self.revisit_min_gap)
 
 
 def split_shards(shards: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -153,12 +172,17 @@ class LatentShardDataModule(L.LightningDataModule):
             truncated, corrupt tar or ``.npy`` headers). ``"fail"`` stops there with an error
             naming the shard; ``"skip"`` leaves bad shards out with a warning naming each, and
             also skips (with a warning) any sample that still fails to decode mid-epoch.
+        revisit_pairs: Also give every window frame a partner frame and the same-place masks
+            (``revisit_latents``, ``positives``, ``negatives``; :mod:`lrag.data.revisits`) for
+            the embedder's contrastive term. Needs clips with ground truth (procedural worlds).
+        revisit_min_gap: Fewest frames between a positive pair (default: the eval's window, 10).
     """
 
     def __init__(self, data_dir: str, seq_len: int = 8, batch_size: int = 8, num_workers: int = 0,
                  val_fraction: float = 0.2, shuffle_buffer: int = 64, seed: int = 0,
                  samples_per_epoch: int | None = None,
-                 bad_shards: BadShardPolicy = "fail") -> None:
+                 bad_shards: BadShardPolicy = "fail", revisit_pairs: bool = False,
+                 revisit_min_gap: int = 10) -> None:
         super().__init__()
         for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0),
@@ -181,6 +205,7 @@ class LatentShardDataModule(L.LightningDataModule):
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
         self.bad_shards = bad_shards
+        self.revisit_min_gap = revisit_min_gap if revisit_pairs else None
         self.train_shards: list[str] = []
         self.val_shards: list[str] = []
         self.clip_counts: dict[str, int] = {}  # good shard -> clips, from the setup check
@@ -254,7 +279,7 @@ class LatentShardDataModule(L.LightningDataModule):
             .map(decode_clip, handler=self._handler)
             .compose(wds.detshuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                     seed=self.seed) if self.shuffle_buffer > 0 else _identity)
-            .compose(RandomWindows(self.seq_len, self.seed))
+            .compose(RandomWindows(self.seq_len, self.seed, self.revisit_min_gap))
             .with_epoch(per_worker)
             .with_length(per_worker * max(workers, 1), silent=True)
         )
@@ -278,7 +303,7 @@ class LatentShardDataModule(L.LightningDataModule):
                            workersplitter=wds.split_by_worker, empty_check=False,
                            handler=self._handler)
             .map(decode_clip, handler=self._handler)
-            .map(_FixedWindow(self.seq_len, self.seed))
+            .map(_FixedWindow(self.seq_len, self.seed, self.revisit_min_gap))
         )
         return DataLoader(dataset, batch_size=self.device_batch_size, num_workers=workers,
                           collate_fn=collate_windows, persistent_workers=workers > 0)

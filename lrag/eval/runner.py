@@ -72,6 +72,7 @@ class EvalSettings:
     memory_position: str = "zero"
     sink_mode: str = "blank"
     descriptors: list[str] = field(default_factory=lambda: ["avg_pool", "oracle"])
+    diversity: float = 0.0  # MMR weight of the cosine top-K (RetrievalMemory.diversity); 0 = plain top-K
     shift: float = 5.0
     denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     height: int = 8
@@ -172,8 +173,8 @@ def _memory(s: EvalSettings, v: Variant) -> RetrievalMemory:
                                  revisit_fraction=1.0, kv_tier="device")
     if v.descriptor.startswith("ae:"):
         path = resolve_asset(v.descriptor[3:], f"descriptors: {v.descriptor}")
-        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", path, kv_tier="device")
-    return RetrievalMemory(s.memory_size, s.recent_exclude, v.descriptor, kv_tier="device")
+        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", path, kv_tier="device", diversity=s.diversity)
+    return RetrievalMemory(s.memory_size, s.recent_exclude, v.descriptor, kv_tier="device", diversity=s.diversity)
 
 
 def _prefix(s: EvalSettings) -> int:

@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
-from lrag.memory.retrieval import cosine_topk, num_eligible
+from lrag.memory.retrieval import mmr_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
@@ -86,6 +86,8 @@ class RetrievalMemory:
             Exceeding it raises an error naming this knob.
         host_chunk_frames: Frames the ring grows by when full. Growth pins memory inside the
             loop (a stall); :meth:`reserve` the whole video up front instead.
+        diversity: Maximal-marginal-relevance weight of the top-K (``mmr_topk``): 0 = plain
+            cosine top-K (the reference); higher values skip near-duplicates of a pick.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class RetrievalMemory:
         kv_tier: str = "host",
         host_budget_gib: float | None = None,
         host_chunk_frames: int = 16,
+        diversity: float = 0.0,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -117,6 +120,9 @@ class RetrievalMemory:
         self.descriptor = descriptor
         self.embedder_path = embedder_path
         self.kv_tier = kv_tier
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"RetrievalMemory.diversity must be in [0, 1] (0 = plain top-K), got {diversity}")
+        self.diversity = diversity
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
         self.first_candidate = 0
@@ -237,7 +243,7 @@ class RetrievalMemory:
             return None
         query = self._descriptors[-1]
         candidates = torch.stack([self._descriptors[f] for f in self._pool_frames[:eligible]], dim=1)
-        scores, idx = cosine_topk(query, candidates, min(self.memory_size, eligible))
+        scores, idx = mmr_topk(query, candidates, min(self.memory_size, eligible), self.diversity)
         table = torch.tensor(self._pool_frames[:eligible])
         if idx.is_cuda:  # pinned + non_blocking: a pageable copy would wait for the GPU to drain
             table = table.pin_memory().to(idx.device, non_blocking=True)

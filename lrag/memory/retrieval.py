@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cosine_similarity", "cosine_topk", "num_eligible"]
+__all__ = ["cosine_similarity", "cosine_topk", "mmr_topk", "num_eligible"]
 
 _EPS = 1e-8  # the reference adds it to the norms (not clamps), so keep that form
 
@@ -70,3 +70,46 @@ def cosine_topk(query: Tensor, candidates: Tensor, k: int) -> tuple[Tensor, Tens
     sims = cosine_similarity(query, candidates)
     scores, indices = torch.sort(sims, dim=-1, descending=True, stable=True)
     return scores[:, :k], indices[:, :k]
+
+
+def mmr_topk(query: Tensor, candidates: Tensor, k: int, diversity: float) -> tuple[Tensor, Tensor]:
+    """Top-``k`` by maximal marginal relevance: relevant to the query, unlike those already picked.
+
+    Greedy: the next pick maximises ``(1 - diversity) * cos(q, c) - diversity * max_s cos(c, s)``
+    over the picked set s. ``diversity = 0`` is :func:`cosine_topk` exactly; with K > 1 and a
+    slowly moving camera, plain top-K tends to return K neighbouring frames of one moment, and
+    MMR spends the later slots on other candidates instead.
+
+    Args:
+        query: ``[B, D]``.
+        candidates: ``[B, N, D]``, in pool order.
+        k: Number to keep, ``1 <= k <= N``.
+        diversity: Weight of the redundancy penalty, in ``[0, 1]``.
+
+    Returns:
+        ``(scores [B, k], indices [B, k])``: each pick's cosine to the query (not the MMR value),
+        in pick order. Ties go to the smaller index (the older frame).
+    """
+    if not 0.0 <= diversity <= 1.0:
+        raise ValueError(f"mmr_topk: diversity must be in [0, 1], got {diversity}")
+    if diversity == 0.0:
+        return cosine_topk(query, candidates, k)
+    n = candidates.shape[1] if candidates.ndim == 3 else -1
+    if not 1 <= k <= n:
+        raise ValueError(f"mmr_topk: k must be in [1, N={n}], got {k}")
+    rel = cosine_similarity(query, candidates)  # (B, N)
+    c = candidates / (candidates.norm(dim=-1, keepdim=True) + _EPS)
+    pair = torch.bmm(c, c.transpose(1, 2))  # (B, N, N)
+    redundancy = torch.full_like(rel, float("-inf"))
+    taken = torch.zeros_like(rel, dtype=torch.bool)
+    picks = []
+    for _ in range(k):
+        penalty = torch.where(torch.isinf(redundancy), torch.zeros_like(rel), redundancy)
+        score = ((1.0 - diversity) * rel - diversity * penalty).masked_fill(taken, float("-inf"))
+        # argmax returns the first maximum, i.e. the older frame on ties
+        pick = score.argmax(dim=-1)  # (B,)
+        picks.append(pick)
+        taken.scatter_(1, pick[:, None], True)
+        redundancy = torch.maximum(redundancy, pair.gather(1, pick[:, None, None].expand(-1, 1, n)).squeeze(1))
+    indices = torch.stack(picks, dim=1)
+    return rel.gather(1, indices), indices

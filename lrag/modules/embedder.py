@@ -31,6 +31,9 @@ class EmbedderModule(LightningModule):
         scheduler: Optional learning-rate scheduler factory called with the optimiser.
         scheduler_interval: ``"epoch"`` or ``"step"``: when the scheduler steps.
         recon_weight: Weight of the reconstruction MSE (the reference uses 1).
+        contrastive_weight: Weight of the revisit InfoNCE term (0 = off, the reference); needs
+            batches with revisit pairs (``LatentShardDataModule(revisit_pairs=True)``).
+        temperature: Softmax temperature of that term.
     """
 
     def __init__(
@@ -40,6 +43,8 @@ class EmbedderModule(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
         recon_weight: float = 1.0,
+        contrastive_weight: float = 0.0,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -57,6 +62,8 @@ class EmbedderModule(LightningModule):
             delta_margin=cfg.delta_margin,
             delta_window=cfg.delta_window,
             smooth_weight=cfg.smooth_weight,
+            contrastive_weight=contrastive_weight,
+            temperature=temperature,
         )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -82,11 +89,14 @@ class EmbedderModule(LightningModule):
         b = latents.shape[0]
         frames = rearrange(latents, "b t c h w -> (b t) c h w")
         recon, z = self.net(frames)  # (B*T, C, H, W), (B*T, D)
-        out = self.criterion(recon, frames, rearrange(z, "(b t) d -> b t d", b=b))
+        pairs = self._revisit_pairs(batch, z) if self.criterion.contrastive_weight > 0 else None
+        out = self.criterion(recon, frames, rearrange(z, "(b t) d -> b t d", b=b), pairs)
         on_step = stage == "train"
         if on_step and not self._logger_writes_this_step():
             return out  # on-step values the logger would not write: skip Lightning's per-call cost
         scalars = {"loss": out.total, "recon": out.recon, "wtd": out.wtd, "smooth": out.smooth}
+        if out.contrastive is not None:
+            scalars["contrastive"] = out.contrastive
         for k, cos in enumerate(out.cos_per_offset, start=1):
             scalars[f"cos_offset_{k}"] = cos
         self.log_dict(
@@ -98,6 +108,23 @@ class EmbedderModule(LightningModule):
             sync_dist=True,  # averaged over ranks under DDP (a no-op on one device)
         )
         return out
+
+    def _revisit_pairs(self, batch: dict[str, Any], z: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Embeddings ``[B*2T, D]`` of window + partner frames and block-diagonal pair masks.
+
+        Frames of different clips in the batch are negatives of each other (different videos).
+        """
+        if "revisit_latents" not in batch:
+            return None
+        b = batch["latents"].shape[0]
+        partners = self.net.encoder(rearrange(batch["revisit_latents"], "b t c h w -> (b t) c h w"))
+        emb = torch.cat([rearrange(z, "(b t) d -> b t d", b=b),
+                         rearrange(partners, "(b t) d -> b t d", b=b)], dim=1)  # (B, 2T, D)
+        pos = torch.block_diag(*batch["positives"].bool())
+        same_clip = torch.block_diag(*torch.ones_like(batch["positives"], dtype=torch.bool))
+        neg = torch.block_diag(*batch["negatives"].bool()) | ~same_clip
+        return rearrange(emb, "b n d -> (b n) d"), pos, neg
 
     def _logger_writes_this_step(self) -> bool:
         """Whether the Trainer's logger writes on-step values at this step (log_every_n_steps)."""

@@ -1,7 +1,9 @@
-"""Frame-embedder losses: Window Temporal Delta, temporal smoothness and reconstruction.
+"""Frame-embedder losses: Window Temporal Delta, temporal smoothness, reconstruction and an
+optional revisit-contrastive (InfoNCE) term.
 
 All temporal terms work on **raw** (un-normalised) embeddings ``[B, T, D]``, as in the
-reference ``ae/train.py::compute_losses``; ``EmbedderLoss`` combines them with weights.
+reference ``ae/train.py::compute_losses``; ``EmbedderLoss`` combines them with weights. The
+contrastive term is not in the reference: it is off by default (``contrastive_weight 0``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,45 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return F.mse_loss(recon.float(), target.float(), reduction="mean")
 
 
+def revisit_infonce_loss(
+    emb: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    """Multi-positive InfoNCE: each anchor's positives should out-score its negatives.
+
+    For anchor i with positive set P(i) and candidate set A(i) = P(i) | N(i), the loss is
+    ``-mean_{p in P(i)} log(exp(s_ip / tau) / sum_{a in A(i)} exp(s_ia / tau))`` with s the
+    cosine similarity, averaged over anchors that have at least one positive. Pairs in neither
+    mask (e.g. the same place seen a moment apart, which the WTD term wants apart) are ignored.
+
+    Args:
+        emb: Raw embeddings ``[N, D]``.
+        positives: ``[N, N]`` bool, ``positives[i, j]``: j shows the place of anchor i (a revisit).
+        negatives: ``[N, N]`` bool, j shows a different place (e.g. a temporally adjacent frame
+            after the camera moved on, or a frame of another video).
+        temperature: Softmax temperature tau (> 0).
+
+    Returns:
+        Scalar loss; zero (with a graph) when no anchor has a positive.
+    """
+    n = emb.shape[0]
+    if emb.dim() != 2 or positives.shape != (n, n) or negatives.shape != (n, n):
+        raise ValueError(f"revisit_infonce_loss: need emb [N, D] and masks [N, N], got {tuple(emb.shape)}, "
+                         f"{tuple(positives.shape)}, {tuple(negatives.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    eye = torch.eye(n, dtype=torch.bool, device=emb.device)
+    pos = positives.bool() & ~eye
+    cand = (pos | negatives.bool()) & ~eye
+    z = F.normalize(emb.float(), dim=-1)
+    logits = (z @ z.T / temperature).masked_fill(~cand, float("-inf"))  # (N, N)
+    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    has_pos = pos.any(dim=-1)
+    if not has_pos.any():
+        return emb.sum() * 0.0
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0).sum(-1)) / pos.sum(-1).clamp(min=1)
+    return per_anchor[has_pos].mean()
+
+
 @dataclass
 class EmbedderLossOutput:
     """The weighted total and every term (terms already include their weight).
@@ -95,6 +136,7 @@ class EmbedderLossOutput:
         recon: Weighted reconstruction MSE.
         wtd: Weighted Window Temporal Delta loss.
         smooth: Weighted temporal smoothness loss.
+        contrastive: Weighted revisit InfoNCE (zero when off or without pairs).
         wtd_per_offset: Unweighted delta loss per offset ``[min(T-1, w)]``.
         cos_per_offset: Mean cosine similarity per offset ``[min(T-1, w)]`` (detached).
     """
@@ -105,6 +147,7 @@ class EmbedderLossOutput:
     smooth: torch.Tensor
     wtd_per_offset: torch.Tensor
     cos_per_offset: torch.Tensor
+    contrastive: torch.Tensor | None = None
 
 
 class EmbedderLoss(nn.Module):
@@ -117,6 +160,8 @@ class EmbedderLoss(nn.Module):
         delta_window: Largest temporal offset of the delta loss.
         smooth_weight: Weight of the temporal smoothness loss.
         smooth_eps: Added under the square root so the gradient is finite at zero.
+        contrastive_weight: Weight of the revisit InfoNCE term (0: off, the reference).
+        temperature: Its softmax temperature.
     """
 
     def __init__(
@@ -127,6 +172,8 @@ class EmbedderLoss(nn.Module):
         delta_window: int = 3,
         smooth_weight: float = 1.0,
         smooth_eps: float = 1e-8,
+        contrastive_weight: float = 0.0,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if delta_window < 1:
@@ -137,20 +184,42 @@ class EmbedderLoss(nn.Module):
         self.delta_window = delta_window
         self.smooth_weight = smooth_weight
         self.smooth_eps = smooth_eps
+        if contrastive_weight < 0 or temperature <= 0:
+            raise ValueError(f"contrastive_weight must be >= 0 and temperature > 0, got "
+                             f"{contrastive_weight} and {temperature}")
+        self.contrastive_weight = contrastive_weight
+        self.temperature = temperature
 
-    def forward(self, recon: torch.Tensor, target: torch.Tensor, emb: torch.Tensor) -> EmbedderLossOutput:
+    def forward(
+        self,
+        recon: torch.Tensor,
+        target: torch.Tensor,
+        emb: torch.Tensor,
+        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> EmbedderLossOutput:
         """Compute all terms.
 
         Args:
             recon: Reconstruction ``[B*T, C, H, W]`` (batch-major).
             target: Input frames, same shape as ``recon``.
             emb: Raw embeddings ``[B, T, D]``.
+            pairs: For the contrastive term: ``(embeddings [N, D], positives [N, N],
+                negatives [N, N])`` (see :func:`revisit_infonce_loss`); required when
+                ``contrastive_weight > 0``.
         """
         emb = emb.float()
         rec = self.recon_weight * reconstruction_loss(recon, target)
         wtd, per_offset = window_temporal_delta_loss(emb, self.delta_margin, self.delta_window)
         wtd = self.delta_weight * wtd
         smooth = self.smooth_weight * temporal_smoothness_loss(emb, self.smooth_eps)
+        total = rec + wtd + smooth
+        contrastive = None
+        if self.contrastive_weight > 0:
+            if pairs is None:
+                raise ValueError("contrastive_weight > 0 needs revisit pairs: train on shards whose clips carry "
+                                 "ground truth and set data.init_args.revisit_pairs: true")
+            contrastive = self.contrastive_weight * revisit_infonce_loss(*pairs, temperature=self.temperature)
+            total = total + contrastive
         with torch.no_grad():
             cos = mean_cosine_per_offset(emb, self.delta_window)
-        return EmbedderLossOutput(rec + wtd + smooth, rec, wtd, smooth, per_offset.detach(), cos)
+        return EmbedderLossOutput(total, rec, wtd, smooth, per_offset.detach(), cos, contrastive)

@@ -26,7 +26,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-Pool = Literal["mean", "flatten"]
+Pool = Literal["mean", "flatten", "gem"]
 POOLS: tuple[str, ...] = get_args(Pool)
 
 
@@ -48,7 +48,11 @@ class AEConfig:
         pool: How the encoder turns its last feature map into the descriptor: ``"mean"``
             (reference: global average, a shift-tolerant bag of features) or ``"flatten"``
             (keep the bottleneck's layout; for tiny frames, whose 2x2 map mean pooling would
-            reduce to a bag of four cells that the decoder cannot reconstruct).
+            reduce to a bag of four cells that the decoder cannot reconstruct) or ``"gem"``
+            (generalised mean ``mean(x^p)^(1/p)`` over positions, learnable p starting at
+            ``gem_p``: between the average (p = 1) and the maximum (p -> inf), so a few strong
+            local features are not washed out by the rest of the frame).
+        gem_p: Initial exponent of ``pool: gem`` (3 is the usual image-retrieval start).
     """
 
     in_channels: int = 16
@@ -62,10 +66,13 @@ class AEConfig:
     delta_window: int = 3
     smooth_weight: float = 1.0
     pool: Pool = "mean"
+    gem_p: float = 3.0
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise ValueError(f"AEConfig.pool={self.pool!r}; use one of {POOLS}")
+        if self.gem_p < 1.0:
+            raise ValueError(f"AEConfig.gem_p={self.gem_p}; use a value >= 1 (1 = average pooling)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "AEConfig":
@@ -129,6 +136,15 @@ def bottleneck_shape(cfg: AEConfig) -> tuple[int, int, int]:
     return cfg.hidden_dims[-1], h, w
 
 
+def gem_pool(x: torch.Tensor, p: torch.Tensor | float, eps: float = 1e-6) -> torch.Tensor:
+    """Generalised-mean pooling ``mean_{h,w}(max(x, eps)^p)^(1/p)``: ``[N, C, H, W] -> [N, C]``.
+
+    The clamp keeps the power defined (features after SiLU can be slightly negative); for
+    non-negative inputs p = 1 is the average and large p approaches the maximum.
+    """
+    return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
 class Encoder(nn.Module):
     """``[N, C, H, W] -> [N, D]`` raw (un-normalised) embedding."""
 
@@ -144,12 +160,16 @@ class Encoder(nn.Module):
         self.final_norm = nn.Sequential(_norm(ch), nn.SiLU())
         self.pool = cfg.pool
         _, h, w = bottleneck_shape(cfg)
-        self.fc = nn.Linear(ch if cfg.pool == "mean" else ch * h * w, cfg.latent_dim)
+        self.fc = nn.Linear(ch if cfg.pool != "flatten" else ch * h * w, cfg.latent_dim)
+        if cfg.pool == "gem":
+            self.gem_p = nn.Parameter(torch.tensor(float(cfg.gem_p)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.final_norm(self.conv_stack(x))  # (N, C', H', W')
         if self.pool == "mean":
             return self.fc(h.mean(dim=(2, 3)))  # (N, D)
+        if self.pool == "gem":
+            return self.fc(gem_pool(h, self.gem_p.clamp(min=1.0)))  # (N, D)
         return self.fc(rearrange(h, "n c h w -> n (c h w)"))
 
 

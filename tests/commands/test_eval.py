@@ -21,6 +21,7 @@ def test_parser_reads_demo_config_and_flags() -> None:
     assert cfg.descriptors == ["avg_pool", "ae:asset:embedder_tiny.safetensors", "oracle"]
     assert cfg.backbone_checkpoint == "asset:backbone_tiny.safetensors" and cfg.camera == "position"
     assert cfg.sink_swap is None
+    assert cfg.diversity == 0.0 and build_parser().parse_args(["--diversity", "0.3"]).diversity == 0.3
 
 
 def test_bad_option_exits() -> None:

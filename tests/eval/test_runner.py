@@ -14,7 +14,7 @@ from lrag.assets import asset_path
 from lrag.commands.export import main as export_main
 from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
-from lrag.eval.runner import EvalSettings, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
+from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
 from lrag.modules.backbone_fit import BackboneFitModule
 from lrag.nets.conditioning import TinyTextEncoder
 from lrag.nets.wan import build_tiny
@@ -153,3 +153,11 @@ def test_sink_swap_changes_generated_video(tmp_path) -> None:
     blank, _, _ = generate_video(s, net, world, native, 0)
     swapped, _, _ = generate_video(dataclasses.replace(s, sink_swap=5000), net, world, native, 0)
     assert not torch.allclose(blank, swapped)
+
+
+def test_diversity_reaches_every_cosine_memory() -> None:
+    from lrag.eval.runner import _memory
+
+    s = EvalSettings(diversity=0.4)
+    assert _memory(s, Variant("rag-avg_pool", "avg_pool", "replace")).diversity == 0.4
+    assert _memory(s, Variant("native", None, "replace")).memory_size == 0

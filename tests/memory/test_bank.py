@@ -101,7 +101,7 @@ def test_ae_descriptor_uses_the_embedder_encode() -> None:
 
 
 @pytest.mark.parametrize("kwargs, field", [({"descriptor": "pca"}, "descriptor"), ({"kv_tier": "disk"}, "kv_tier"),
-                                           ({"memory_size": -1}, "memory_size")])
+                                           ({"memory_size": -1}, "memory_size"), ({"diversity": 2.0}, "diversity")])
 def test_bad_knobs_raise(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         RetrievalMemory(**kwargs)
@@ -111,3 +111,15 @@ def test_ae_without_embedder_raises_naming_the_knob() -> None:
     mem = RetrievalMemory(2, 1, descriptor="ae")
     with pytest.raises(ValueError, match="embedder_path"):
         mem.describe(_frames([[1, 0]]))
+
+
+def test_diversity_skips_a_near_duplicate_of_the_first_pick() -> None:
+    # frames 1 and 2 are one moment twice; frame 3 another view of the query's place
+    values = [[0, 0, 1], [1, 0, 0], [1, 0.01, 0], [0.5, 1, 0], [0, 0, 1], [1, 0.6, 0]]
+    plain = RetrievalMemory(memory_size=2, recent_exclude=1, kv_tier="device")
+    mmr = RetrievalMemory(memory_size=2, recent_exclude=1, kv_tier="device", diversity=0.5)
+    for mem in (plain, mmr):
+        mem.describe(_frames(values))
+        mem.store(_evicted([1, 2, 3, 4]))
+    assert plain.retrieve(query_frame=6).frames.tolist() == [[2, 1]]
+    assert mmr.retrieve(query_frame=6).frames.tolist() == [[2, 3]]

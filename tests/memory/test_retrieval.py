@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lrag.memory.retrieval import cosine_similarity, cosine_topk, num_eligible
+from lrag.memory.retrieval import cosine_similarity, cosine_topk, mmr_topk, num_eligible
 
 
 def test_recency_exclusion_and_candidates() -> None:
@@ -41,3 +41,30 @@ def test_bad_k_or_shapes_raise() -> None:
         cosine_topk(torch.zeros(1, 2), torch.zeros(1, 3, 2), 4)
     with pytest.raises(ValueError, match="candidates"):
         cosine_similarity(torch.zeros(1, 2), torch.zeros(1, 3, 5))
+
+
+def test_mmr_without_diversity_is_plain_topk() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, c = torch.randn(2, 8, generator=g), torch.randn(2, 12, 8, generator=g)
+    assert torch.equal(mmr_topk(q, c, 4, 0.0)[1], cosine_topk(q, c, 4)[1])
+
+
+def test_mmr_skips_near_duplicate_when_a_distinct_candidate_exists() -> None:
+    # candidates 0 and 1 are one moment seen twice; 2 is another relevant place, a bit less similar
+    q = torch.tensor([[1.0, 0.6, 0.0]])
+    c = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.01, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert cosine_topk(q, c, 2)[1].tolist() == [[1, 0]]  # plain top-K: both duplicates
+    scores, idx = mmr_topk(q, c, 2, 0.5)
+    assert idx.tolist() == [[1, 2]]
+    assert torch.allclose(scores, cosine_similarity(q, c).gather(1, idx))  # reported scores are to the query
+
+
+def test_mmr_picks_distinct_frames_and_checks_its_arguments() -> None:
+    g = torch.Generator().manual_seed(1)
+    q, c = torch.randn(3, 4, generator=g), torch.randn(3, 5, 4, generator=g)
+    idx = mmr_topk(q, c, 5, 0.7)[1]
+    assert all(sorted(row) == list(range(5)) for row in idx.tolist())
+    with pytest.raises(ValueError, match="diversity"):
+        mmr_topk(q, c, 2, 1.5)
+    with pytest.raises(ValueError, match="k must be"):
+        mmr_topk(q, c, 6, 0.5)

@@ -84,3 +84,28 @@ def test_wrong_latent_layout_names_the_fix() -> None:
         module.training_step(batch, 0)
     with pytest.raises(ValueError, match="scheduler_interval"):
         EmbedderModule(LatentAE(CFG), scheduler_interval="batch")
+
+
+class RevisitClips(RandomClips):
+    """Clips whose partner frames are copies of the window frames: every frame's revisit is known."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        t = self.latents.shape[1]
+        pos = torch.zeros(2 * t, 2 * t, dtype=torch.bool)
+        idx = torch.arange(t)
+        pos[idx, idx + t] = pos[idx + t, idx] = True
+        return {**item, "revisit_latents": self.latents[i].clone(), "positives": pos, "negatives": ~pos}
+
+
+def test_contrastive_term_is_logged_and_needs_revisit_pairs(tmp_path) -> None:
+    module = EmbedderModule(LatentAE(CFG), optimizer=partial(torch.optim.AdamW, lr=1e-2),
+                            contrastive_weight=0.5, temperature=0.2)
+    trainer = make_trainer(tmp_path, max_steps=2, enable_checkpointing=False)
+    loader = DataLoader(RevisitClips(), batch_size=4)
+    trainer.fit(module, loader, loader)
+    assert torch.isfinite(trainer.logged_metrics["train/contrastive"])
+    assert "val/contrastive" in trainer.logged_metrics
+    batch = next(iter(DataLoader(RandomClips(), batch_size=2)))
+    with pytest.raises(ValueError, match="revisit_pairs"):
+        module.training_step(batch, 0)

@@ -9,6 +9,7 @@ from lrag.modules.losses import (
     EmbedderLoss,
     mean_cosine_per_offset,
     pair_cosine_sims,
+    revisit_infonce_loss,
     temporal_smoothness_loss,
     window_temporal_delta_loss,
 )
@@ -93,3 +94,50 @@ def test_weights_scale_terms_and_bad_shapes_raise() -> None:
         pair_cosine_sims(torch.randn(4, 8), 3)
     with pytest.raises(ValueError, match="reconstruction"):
         EmbedderLoss()(recon, target[:, :2], emb)
+
+
+def _pair_masks(n: int, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = torch.zeros(n, n, dtype=torch.bool)
+    for i, j in pairs:
+        pos[i, j] = pos[j, i] = True
+    return pos, ~pos
+
+
+def test_infonce_lower_when_positives_are_closer() -> None:
+    pos, neg = _pair_masks(4, [(0, 2), (1, 3)])
+    far = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 0.1]])   # positives apart
+    close = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])  # positives together
+    assert revisit_infonce_loss(close, pos, neg, 0.1) < revisit_infonce_loss(far, pos, neg, 0.1)
+    # perfectly separated places: the loss approaches its minimum, 0
+    assert revisit_infonce_loss(close * 1.0, pos, neg, 0.01) < 1e-3
+
+
+def test_infonce_known_value_and_ignored_pairs() -> None:
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    pos, neg = _pair_masks(3, [(0, 1)])
+    # anchor 0: positive cos 1, negative cos 0 -> -log(e^{1/t} / (e^{1/t} + 1))
+    t = 0.5
+    expected = -torch.log(torch.exp(torch.tensor(1 / t)) / (torch.exp(torch.tensor(1 / t)) + 1))
+    assert revisit_infonce_loss(emb, pos, neg, t).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a pair in neither mask does not enter the denominator: ignoring the negative leaves only the positive
+    assert revisit_infonce_loss(emb, pos, torch.zeros(3, 3, dtype=torch.bool), t).item() == pytest.approx(0.0, abs=1e-6)
+    # no positives at all: zero, and still differentiable
+    x = emb.clone().requires_grad_()
+    loss = revisit_infonce_loss(x, torch.zeros(3, 3, dtype=torch.bool), neg, t)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad is not None
+
+
+def test_embedder_loss_adds_weighted_contrastive_term_only_when_on() -> None:
+    emb = torch.randn(2, 4, 8)
+    recon = target = torch.zeros(8, 1, 2, 2)
+    pos, neg = _pair_masks(8, [(0, 5), (2, 7)])
+    pairs = (emb.flatten(0, 1), pos, neg)
+    off = EmbedderLoss()(recon, target, emb, pairs)
+    on = EmbedderLoss(contrastive_weight=0.5, temperature=0.2)(recon, target, emb, pairs)
+    assert off.contrastive is None
+    expected = 0.5 * revisit_infonce_loss(*pairs, temperature=0.2)
+    assert on.contrastive.item() == pytest.approx(expected.item())
+    assert (on.total - off.total).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="revisit_pairs"):
+        EmbedderLoss(contrastive_weight=0.5)(recon, target, emb)

@@ -11,7 +11,7 @@ from torch import nn
 
 from lrag.checkpoints.embedder import load_embedder, save_embedder
 from lrag.checkpoints.io import CheckpointError
-from lrag.nets.autoencoder import AEConfig, LatentAE, bottleneck_shape
+from lrag.nets.autoencoder import AEConfig, LatentAE, bottleneck_shape, gem_pool
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wan_reference"
 
@@ -158,3 +158,27 @@ def test_flatten_pool_reconstructs_small_frames_that_mean_pool_cannot() -> None:
         losses[pool] = loss.item()
     assert losses["mean"] > 0.9 * frames.var().item(), losses
     assert losses["flatten"] < 0.7 * losses["mean"], losses
+
+
+def test_gem_with_p_one_is_the_mean_and_large_p_approaches_the_max() -> None:
+    x = torch.rand(3, 4, 5, 6, dtype=torch.float64) + 0.1  # positive, as the clamp assumes
+    assert torch.allclose(gem_pool(x, 1.0), x.mean(dim=(2, 3)), atol=1e-9)
+    # mean(x^p)^(1/p) >= max * (1/30)^(1/p): within 2 % of the max at p = 300
+    assert torch.allclose(gem_pool(x, 300.0), x.amax(dim=(2, 3)), rtol=0.02)
+    mid = gem_pool(x, 3.0)
+    assert bool((mid > x.mean(dim=(2, 3))).all() and (mid < x.amax(dim=(2, 3))).all())
+
+
+def test_gem_pool_embedder_learns_p_and_roundtrips(tmp_path) -> None:
+    cfg = AEConfig(in_channels=4, spatial_h=8, spatial_w=8, latent_dim=16, hidden_dims=[8, 8], pool="gem", gem_p=2.0)
+    model = LatentAE(cfg)
+    x = torch.randn(5, 4, 8, 8)
+    recon, z = model(x)
+    assert recon.shape == x.shape and z.shape == (5, 16)
+    (recon.pow(2).mean() + z.pow(2).mean()).backward()
+    assert model.encoder.gem_p.grad is not None  # p is trained
+    save_embedder(model, tmp_path / "gem.safetensors")
+    again = load_embedder(tmp_path / "gem.safetensors")
+    assert again.config.pool == "gem" and torch.allclose(again.encode(x), model.encode(x), atol=1e-6)
+    with pytest.raises(ValueError, match="gem_p"):
+        AEConfig(pool="gem", gem_p=0.5)
