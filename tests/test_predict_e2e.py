@@ -196,8 +196,8 @@ def test_demo_config_runs_with_shipped_assets_from_any_directory(tmp_path, monke
 
 def test_demo_config_names_a_missing_shipped_file(tmp_path):
     missing = "asset:backbone_missing.safetensors"
-    # jsonargparse wraps constructor errors in a ValueError that quotes the message.
-    with pytest.raises((FileNotFoundError, ValueError),
-                       match=r"lrag/assets/backbone_missing\.safetensors.*make assets"):
+    # lrag.errors turns the loader's error into one message naming the field, the file and the fix.
+    with pytest.raises(SystemExit,
+                       match=r"backbone_checkpoint: .*lrag/assets/backbone_missing\.safetensors.*make assets"):
         main(["predict", "--config", DEMO, f"--model.init_args.backbone_checkpoint={missing}",
               f"--model.init_args.out_dir={tmp_path}", "--model.init_args.progress=false"])

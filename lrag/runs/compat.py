@@ -8,11 +8,13 @@ any comparison, so runs stored before the change stay resumable.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 from lrag.sampling.settings import SAMPLER_KNOBS
 
-__all__ = ["CLASS_PATHS", "migrate_config"]
+__all__ = ["CLASS_PATHS", "fill_defaults", "migrate_config"]
 
 #: Old class path -> new one (version 0.1 layout -> the tiered layout of issue 10).
 CLASS_PATHS: dict[str, str] = {
@@ -65,4 +67,34 @@ def migrate_config(config: dict[str, Any]) -> dict[str, Any]:
         flat = {k: args.pop(k) for k in SAMPLER_KNOBS if k in args}
         if flat:
             args["sampling"] = {**flat, **(args.get("sampling") or {})}
+    return config
+
+
+def _default(cls_path: str, name: str) -> tuple[bool, Any]:
+    module, _, attr = cls_path.rpartition(".")
+    try:
+        param = inspect.signature(getattr(importlib.import_module(module), attr)).parameters.get(name)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False, None
+    if param is None or param.default is inspect.Parameter.empty:
+        return False, None
+    return True, param.default
+
+
+def fill_defaults(config: Any, current: Any) -> Any:
+    """``config`` with the knobs only ``current`` has, set to their constructor defaults.
+
+    A knob added after a run was stored did not exist for it; the run behaved like the knob's
+    default (new knobs default to the old behaviour). Filling the default in, instead of skipping
+    the key, still catches a resume that sets such a knob to something else.
+    """
+    if isinstance(config, dict) and isinstance(current, dict):
+        out = {k: fill_defaults(v, current.get(k)) for k, v in config.items()}
+        args, now = out.get("init_args"), current.get("init_args")
+        if isinstance(out.get("class_path"), str) and isinstance(args, dict) and isinstance(now, dict):
+            for name in now.keys() - args.keys():
+                known, value = _default(out["class_path"], name)
+                if known and (value is None or isinstance(value, (bool, int, float, str))):
+                    args[name] = value
+        return out
     return config

@@ -18,7 +18,7 @@ import yaml
 from torch import Tensor
 
 from lrag.data.prompts import WorldSpec
-from lrag.runs.compat import migrate_config
+from lrag.runs.compat import fill_defaults, migrate_config
 from lrag.runs.lease import RunLease
 from lrag.runs.outputs import RunOutputs
 
@@ -70,8 +70,8 @@ def check_resume_config(info: dict, config_yaml: str, backbone_weights: Callable
         out_dir: Parent folder of the run directories, where the run's ``config.yaml`` is.
     """
     # Both sides in the current layout: a run stored before a class moved still resumes.
-    stored = migrate_config(yaml.safe_load(info["config_yaml"]) or {}).get("model", {})
     current = migrate_config(yaml.safe_load(config_yaml) or {}).get("model", {})
+    stored = fill_defaults(migrate_config(yaml.safe_load(info["config_yaml"]) or {}).get("model", {}), current)
     stored, current = stored.get("init_args", stored), current.get("init_args", current)
     changed = [path for k in LATENT_KNOBS if k in stored
                for path in _differences(stored.get(k), current.get(k), k)]

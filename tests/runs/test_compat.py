@@ -46,3 +46,13 @@ def test_a_run_stored_before_the_move_resumes_bit_identically(tmp_path, monkeypa
     resumed = RunOutputs(tmp_path / "runs" / "old-0", "old-0", {}, 16, False).read_blocks(8)
     expected = np.load(FIXTURE / "expected_latents.npy")
     assert np.array_equal(resumed.numpy(), expected)
+
+
+def test_a_knob_added_after_the_run_is_compared_with_its_default() -> None:
+    from lrag.runs.compat import fill_defaults
+
+    stored = {"class_path": "lrag.memory.bank.RetrievalMemory", "init_args": {"memory_size": 2}}
+    same = {"class_path": "lrag.memory.bank.RetrievalMemory", "init_args": {"memory_size": 2, "diversity": 0.0}}
+    other = {"class_path": "lrag.memory.bank.RetrievalMemory", "init_args": {"memory_size": 2, "diversity": 0.3}}
+    assert fill_defaults(stored, same) == same  # the old run behaved like the new knob's default
+    assert fill_defaults(stored, other) != other  # setting it to something else is still a change
