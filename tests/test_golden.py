@@ -28,3 +28,16 @@ def test_cli_exit_code_is_nonzero_for_a_wrong_file(tmp_path: Path) -> None:
     torch.save({"config": {}}, bad)
     with pytest.raises(ValueError, match="not a wan golden fixture"):
         main([str(bad)])
+
+
+def test_the_rounding_allowance_still_refuses_a_different_function() -> None:
+    import torch
+
+    from lrag.golden import within_bar
+
+    ref = torch.linspace(-4, 4, 1000)
+    exact = ref.double() + 4e-5  # the reference's own rounding: 1e-5 relative, inside 2e-5
+    assert within_bar(exact.float() + 1e-6, ref, exact)[0]  # ours: at float32 rounding of exact
+    assert not within_bar(exact.float() + 1e-6, ref)[0]  # without the float64 value: the plain bar
+    assert not within_bar(exact.float() + 1e-4, ref, exact)[0]  # ours off the exact value
+    assert not within_bar(ref + 2e-4, ref, ref.double() + 2e-4)[0]  # exact is another function
