@@ -16,9 +16,10 @@ import json
 import logging
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import numpy as np
 from jsonargparse import ArgumentParser, Namespace
@@ -27,6 +28,9 @@ from jsonargparse import ArgumentParser, Namespace
 # `lrag data --help` answers at once.
 from lrag.data.staging import StagingError, check_destination, staged_shard_dir
 from lrag.data.synthetic import KINDS, SYNTH_FPS, synth_clips
+
+if TYPE_CHECKING:
+    from lrag.data.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +166,24 @@ def _check_import_flags(cfg: Namespace) -> None:
                          "the VAE decides the channels.")
 
 
-def run_synth(cfg: Namespace) -> list[str]:
-    """Write ``cfg.clips`` procedural clips; returns the shard names."""
+@contextmanager
+def _staged_writer(dst: str, cfg: Namespace) -> Iterator["ShardWriter"]:
+    """A shard writer into a staging sibling of ``dst``, swapped in only if the block succeeds."""
     from lrag.data.shards import ShardWriter
 
+    with staged_shard_dir(dst, cfg.prefix, cfg.overwrite) as staging:
+        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
+            yield writer
+
+
+def run_synth(cfg: Namespace) -> list[str]:
+    """Write ``cfg.clips`` procedural clips; returns the shard names."""
     _check_synth_flags(cfg)
     clips = synth_clips(cfg.kind, cfg.clips, cfg.frames, cfg.channels, cfg.height, cfg.width,
                         cfg.seed)
-    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
-        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-            for key, latents, meta in clips:
-                writer.write(key, latents, meta)
+    with _staged_writer(cfg.dst, cfg) as writer:
+        for key, latents, meta in clips:
+            writer.write(key, latents, meta)
     print(f"wrote {cfg.clips} clips in {len(writer.shards)} shard(s) to {cfg.dst}")
     return writer.shards
 
@@ -200,35 +211,33 @@ def _print_import(report: ImportReport, dst: str, what: str) -> None:
 
 def _import_latents(cfg: Namespace, src: Path) -> ImportReport:
     from lrag.data.latent_files import LATENT_SUFFIXES, load_latent_file
-    from lrag.data.shards import LatentFormatError, ShardWriter
+    from lrag.data.shards import LatentFormatError
 
     files = sorted(p for p in src.rglob("*") if p.suffix in LATENT_SUFFIXES)
     if not files:
         raise SystemExit(f"lrag data import: no {'/'.join(LATENT_SUFFIXES)} files under {src}"
                          " (for videos pass --vae PATH).")
     report = ImportReport()
-    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
-        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-            for path in files:
-                try:
-                    latents = load_latent_file(path, channels=cfg.channels or LATENT_CHANNELS)
-                except LatentFormatError as err:
-                    if not cfg.skip_bad:
-                        raise
-                    log.warning("skipping %s", err)
-                    report.skipped.append(str(path))
-                    continue
-                rel = path.relative_to(src)
-                meta = {"source": rel.as_posix(), "prompt": "", "frame_offset": 0, "fps": cfg.fps}
-                writer.write(_key_for(rel), latents, meta)
-                report.written += 1
+    with _staged_writer(cfg.dst, cfg) as writer:
+        for path in files:
+            try:
+                latents = load_latent_file(path, channels=cfg.channels or LATENT_CHANNELS)
+            except LatentFormatError as err:
+                if not cfg.skip_bad:
+                    raise
+                log.warning("skipping %s", err)
+                report.skipped.append(str(path))
+                continue
+            rel = path.relative_to(src)
+            meta = {"source": rel.as_posix(), "prompt": "", "frame_offset": 0, "fps": cfg.fps}
+            writer.write(_key_for(rel), latents, meta)
+            report.written += 1
     report.shards = writer.shards
     _print_import(report, cfg.dst, "")
     return report
 
 
 def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
-    from lrag.data.shards import ShardWriter
     from lrag.data.vae_encode import WanVideoEncoder, resolve_device
     from lrag.data.video_import import (
         VideoImportSettings,
@@ -263,10 +272,9 @@ def _import_videos(cfg: Namespace, src: Path) -> ImportReport:
           f"{cfg.vae} on {encoder.device}:")
     for plan in plans:
         print(f"  {plan.describe(settings)}")
-    with staged_shard_dir(cfg.dst, cfg.prefix, cfg.overwrite) as staging:
-        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-            report.written = import_videos(plans, encoder, settings, Path(cfg.vae).name,
-                                           writer.write)
+    with _staged_writer(cfg.dst, cfg) as writer:
+        report.written = import_videos(plans, encoder, settings, Path(cfg.vae).name,
+                                       writer.write)
     report.shards = writer.shards
     _print_import(report, cfg.dst, f"from {len(plans)} video(s) ")
     return report
@@ -291,7 +299,6 @@ def run_import(cfg: Namespace) -> ImportReport:
 def run_collect(cfg: Namespace) -> "CollectReport":
     """Write the clips of the finished runs under ``cfg.sources[:-1]`` as shards in the last."""
     from lrag.data.collect import CollectReport, collect_clips, find_run_clips
-    from lrag.data.shards import ShardWriter
 
     if len(cfg.sources) < 2:
         raise SystemExit("lrag data collect: give at least one runs folder and then DST.")
@@ -308,11 +315,10 @@ def run_collect(cfg: Namespace) -> "CollectReport":
                          f"{', '.join(sources)}.")
     check_destination(dst, cfg.prefix, cfg.overwrite)
     report = CollectReport(unfinished=[str(p) for p in unfinished])
-    with staged_shard_dir(dst, cfg.prefix, cfg.overwrite) as staging:
-        with ShardWriter(staging, prefix=cfg.prefix, max_clips_per_shard=cfg.shard_size) as writer:
-            for clip in collect_clips(clips, writer.write, cfg.min_frames):
-                report.runs += 1
-                report.frames += clip.latents.shape[0]
+    with _staged_writer(dst, cfg) as writer:
+        for clip in collect_clips(clips, writer.write, cfg.min_frames):
+            report.runs += 1
+            report.frames += clip.latents.shape[0]
     print(f"collected {report.runs} run(s), {report.frames} latent frames, into "
           f"{len(writer.shards)} shard(s) in {dst}; {len(unfinished)} unfinished run(s) left out")
     return report

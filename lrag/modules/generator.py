@@ -386,11 +386,10 @@ class GeneratorModule(L.LightningModule):
                 run.outputs.abort()
             finally:
                 mark_failed(store, run.run_id)
-                if run.lease is not None:
-                    run.lease.release()
             raise
-        if run.lease is not None:
-            run.lease.release()
+        finally:
+            if run.lease is not None:
+                run.lease.release()
         compact_after_run(store)
         self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done,
                                "seconds": run.seconds,
