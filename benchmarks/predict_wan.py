@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each block's FFN and cross-attention (fixed shapes); every mode alike")
     p.add_argument("--json", default=None, help="write results to this JSON file (rewritten after every run)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after the timed runs, profile a few steady blocks per mode into DIR/profile_<mode>.txt")
     args = p.parse_args(argv)
     if any(f <= 0 or f % args.frames_per_block for f in args.frames):
         p.error(f"--frames {args.frames}: each must be a positive multiple of --frames-per-block {args.frames_per_block}")
@@ -112,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 result["runs"].append(measure(mode, frames, repeat, ctx))
                 add_ratios(result["runs"])
                 write_json(args.json, result)
+    if args.profile:
+        from predict_wan_profile import profile_mode
+
+        pctx = {**ctx, "model": model, "embedder": embedder}
+        result["profiles"] = [profile_mode(m, pctx, Path(args.profile)) for m in modes]
+        for prof in result["profiles"]:
+            log.info("profile %s: %s", prof["mode"],
+                     ", ".join(f"{k} {v:.1f} ms" for k, v in prof["stage_ms_per_block"].items()))
     result["total_s"] = time.perf_counter() - t0
     write_json(args.json, result)
     print(markdown(result), flush=True)

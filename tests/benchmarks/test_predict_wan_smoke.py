@@ -123,3 +123,19 @@ def test_slope_is_least_squares(predict_wan) -> None:
     assert predict_wan.slope([1, 2, 3], [2, 4, 6]) == pytest.approx(2.0)
     assert predict_wan.slope([1, 2, 3, 4], [0, 1, 0, 1]) == pytest.approx(0.2)
     assert predict_wan.slope([5], [1]) is None
+
+
+@pytest.mark.slow  # one more tiny run with the profiler, ~20 s on 2 busy cores
+def test_profile_labels_every_stage_of_a_block(predict_wan, tmp_path) -> None:
+    out = tmp_path / "wan.json"
+    rc = predict_wan.main([*TINY, "--frames", "9", "--window", "6", "--memory-size", "2", "--recent-exclude", "2",
+                           "--modes", "rag", "--kv-tier", "recompute",
+                           "--json", str(out), "--profile", str(tmp_path / "prof")])
+    assert rc == 0
+    (prof,) = json.loads(out.read_text())["profiles"]
+    stages = prof["stage_ms_per_block"]
+    # A recompute block runs its denoising steps, a context pass and rebuilds retrieved frames.
+    for label in ("denoise steps", "context pass", "recompute retrieved K/V", "plan (top-K search)"):
+        assert stages.get(label, 0.0) > 0.0, (label, stages)
+    text = (tmp_path / "prof" / "profile_rag-recompute.txt").read_text()
+    assert "recompute retrieved K/V" in text and "ms/block" in text
