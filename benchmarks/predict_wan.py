@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=["native", "rag"], choices=["native", "rag"])
     p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "int8", "recompute"],
                    help="RetrievalMemory.kv_tier values to measure in RAG mode")
+    p.add_argument("--store-stride", type=int, nargs="+", default=[1],
+                   help="RetrievalMemory.store_stride values per RAG tier (n > 1: keep every n-th evicted frame)")
     p.add_argument("--descriptor", default="avg_pool", choices=["avg_pool", "ae"], help="ae: random full-size LatentAE")
     p.add_argument("--height", type=int, default=60, help="latent height (480 px / 8)")
     p.add_argument("--width", type=int, default=104, help="latent width (832 px / 8)")

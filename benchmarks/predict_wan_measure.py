@@ -97,8 +97,8 @@ def preflight(mode: Mode, frames: int, kv_frame: int, args: argparse.Namespace, 
 def ring_bytes_per_frame(mode: Mode, kv_frame: int) -> int:
     """Host-ring bytes of one evicted frame: the logical KV, or int8 values + float32 per-token scales."""
     if mode.kv_tier == "int8":  # a float32 scale per token of dim >= 400 values is < 1 % on top
-        return int(kv_frame / 2 * 1.01)
-    return kv_frame
+        return int(kv_frame / 2 * 1.01 / mode.store_stride)
+    return kv_frame // mode.store_stride
 
 
 def reserve(sampler, frames: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> float:

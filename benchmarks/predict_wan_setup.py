@@ -23,11 +23,15 @@ class Mode:
     name: str
     memory_size: int
     kv_tier: str
+    store_stride: int = 1  # RetrievalMemory.store_stride: keep every n-th evicted frame
 
 
 def modes_from(args: argparse.Namespace) -> list[Mode]:
     native = [Mode("native", 0, "device")] if "native" in args.modes else []
-    return native + ([Mode(f"rag-{t}", args.memory_size, t) for t in args.kv_tier] if "rag" in args.modes else [])
+    strides = getattr(args, "store_stride", [1])
+    rag = [Mode(f"rag-{t}" + (f"-s{n}" if n > 1 else ""), args.memory_size, t, n)
+           for t in args.kv_tier for n in strides]
+    return native + (rag if "rag" in args.modes else [])
 
 
 def setup_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
@@ -118,7 +122,8 @@ def make_sampler(mode: Mode, model: torch.nn.Module, args: argparse.Namespace, e
     from lrag.sampling.settings import SamplerSettings
 
     schedule = FlowMatchSchedule(shift=args.shift, denoising_steps=args.steps, warp=True)
-    memory = RetrievalMemory(mode.memory_size, args.recent_exclude, args.descriptor, None, mode.kv_tier)
+    memory = RetrievalMemory(mode.memory_size, args.recent_exclude, args.descriptor, None, mode.kv_tier,
+                             store_stride=mode.store_stride)
     if embedder is not None:
         memory.set_embedder(embedder)
     return ARSampler(model, schedule, memory, SamplerSettings(args.frames_per_block, args.window, args.sink))

@@ -13,6 +13,7 @@ right after enqueueing the context pass, so the copies overlap it and no host sy
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ class RetrievalMemory:
             loop (a stall); :meth:`reserve` the whole video up front instead.
         diversity: Maximal-marginal-relevance weight of the top-K (``mmr_topk``): 0 = plain
             cosine top-K (the reference); higher values skip near-duplicates of a pick.
+        store_stride: Keep every n-th evicted frame as a candidate (1 = every frame, the
+            reference). Neighbouring frames are near-duplicates, so a stride bounds the pool's
+            memory growth (stored K/V per generated frame / n) at little loss; the R newest
+            evicted frames stay excluded by frame index, not by pool entry.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class RetrievalMemory:
         host_budget_gib: float | None = None,
         host_chunk_frames: int = 16,
         diversity: float = 0.0,
+        store_stride: int = 1,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -113,6 +119,8 @@ class RetrievalMemory:
             raise ValueError(f"RetrievalMemory.host_budget_gib must be > 0 (or null), got {host_budget_gib}")
         if host_chunk_frames < 1:
             raise ValueError(f"RetrievalMemory.host_chunk_frames must be >= 1, got {host_chunk_frames}")
+        if store_stride < 1:
+            raise ValueError(f"RetrievalMemory.store_stride must be >= 1 (1 = keep every frame), got {store_stride}")
         if descriptor == "ae" and embedder_path is None:
             log.info("descriptor 'ae' without embedder_path: call set_embedder() before sampling")
         self.memory_size = memory_size
@@ -123,6 +131,7 @@ class RetrievalMemory:
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"RetrievalMemory.diversity must be in [0, 1] (0 = plain top-K), got {diversity}")
         self.diversity = diversity
+        self.store_stride = store_stride
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
         self.first_candidate = 0
@@ -136,6 +145,7 @@ class RetrievalMemory:
         self._descriptors: list[Tensor] = []  # per frame [B, D]
         self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
         self._pool: list[_Stored] = []
+        self._last_evicted = -1
         self.records: list[RetrievalRecord] = []
         self._plan: PlannedRetrieval | None = None
         self._taken: PlannedRetrieval | None = None
@@ -217,7 +227,8 @@ class RetrievalMemory:
         k = torch.stack(evicted.k, dim=0)  # (layers, B, n, tokens, heads, head_dim)
         v = torch.stack(evicted.v, dim=0)
         for j, frame in enumerate(evicted.frames):
-            if frame < self.first_candidate:
+            self._last_evicted = max(self._last_evicted, frame)
+            if frame < self.first_candidate or (frame - self.first_candidate) % self.store_stride:
                 continue
             self._pool_frames.append(frame)
             stored = self._place(k[:, :, j], v[:, :, j])
@@ -238,7 +249,7 @@ class RetrievalMemory:
         """Top-K pool frames for the block starting at ``query_frame`` (None if none)."""
         if self.memory_size == 0:
             return None
-        eligible = num_eligible(len(self._pool), self.recent_exclude)
+        eligible = self._num_eligible()
         if eligible == 0 or not self._descriptors:
             return None
         query = self._descriptors[-1]
@@ -252,6 +263,12 @@ class RetrievalMemory:
         if log.isEnabledFor(logging.DEBUG):  # .tolist() syncs with the GPU: only when asked for
             log.debug("retrieval q=%d frames=%s scores=%s", query_frame, record.frames.tolist(), scores.tolist())
         return record
+
+    def _num_eligible(self) -> int:
+        """Pool entries that may be retrieved: all but those among the R newest evicted frames."""
+        if self.store_stride == 1:  # the pool holds every evicted frame: the reference's count
+            return num_eligible(len(self._pool), self.recent_exclude)
+        return bisect.bisect_right(self._pool_frames, self._last_evicted - self.recent_exclude)
 
     # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
     def _key(self, query_frame: int) -> tuple[int, int, int]:
@@ -314,7 +331,7 @@ class RetrievalMemory:
         naming ``host_budget_gib`` when the reservation exceeds it.
         """
         if self._offload is not None and self.memory_size > 0:
-            self._offload.reserve(frames, shape, dtype, device)
+            self._offload.reserve(-(-frames // self.store_stride), shape, dtype, device)
 
     def release_storage(self) -> None:
         """Free the host ring and GPU buffers (they are otherwise kept for the next video)."""

@@ -131,3 +131,33 @@ def test_recompute_tier_rebuilds_only_newly_retrieved_frames() -> None:
     torch.testing.assert_close(runs[True][0], runs[False][0], rtol=1e-5, atol=1e-5)
     distinct = sum(len({f for row in block for f in row}) for block in runs[True][1])
     assert stats["copied_frames"] + stats["reused_frames"] == distinct == runs[False][2]["copied_frames"]
+
+
+def test_store_stride_keeps_every_nth_frame_and_bounds_the_ring() -> None:
+    from lrag.nets.wan import build_tiny
+    from lrag.sampling.sampler import SeededNoise
+
+    torch.manual_seed(0)
+    model = build_tiny(num_layers=1).eval()
+    context = torch.randn(1, 4, model.config.text_dim, generator=torch.Generator().manual_seed(3))
+    runs = {}
+    for tier, stride in (("device", 3), ("int8", 3), ("device", 1)):
+        memory = RetrievalMemory(2, 2, kv_tier=tier, store_stride=stride)
+        sampler = ARSampler(model, FlowMatchSchedule(denoising_steps=[1000, 500]), memory,
+                            SamplerSettings(frames_per_block=2, window=5, sink=1))
+        out = sampler(SeededNoise(1, 1, model.config.in_dim, 4, 4, 2), context, 30)
+        runs[tier, stride] = (out, memory)
+    _, strided = runs["device", 3]
+    pool = strided._pool_frames
+    assert pool == [f for f in runs["device", 1][1]._pool_frames if f % 3 == 0]  # first_candidate 0
+    for record in strided.records:  # only kept frames, never one of the R=2 newest evicted
+        newest_evicted = record.query_frame - 5 + 1 - 1  # window 5 incl. sink: frames < query - 4 are out
+        assert set(record.frames.flatten().tolist()) <= set(pool)
+        assert max(record.frames.flatten().tolist()) <= newest_evicted - 2
+    assert strided.records, "the strided pool still retrieves"
+    # The int8 ring reserves a third of the evicted frames, and retrieves the same frames.
+    ring = runs["int8", 3][1]._offload.ring
+    assert ring.reserved_bytes == -(-(30 - 5) // 3) * ring.frame_bytes
+    assert [r.frames.tolist() for r in runs["int8", 3][1].records] == [r.frames.tolist() for r in strided.records]
+    with pytest.raises(ValueError, match="store_stride"):
+        RetrievalMemory(2, 2, store_stride=0)
