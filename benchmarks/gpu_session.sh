@@ -7,7 +7,7 @@
 # <step>.md (Markdown on stdout), <step>.log (stderr), <step>.json, summary.txt and
 # BENCHMARKS_gpu.md (all Markdown sections, ready to merge into BENCHMARKS.md).
 # Every step runs under `timeout` and inside a global budget (LRAG_GPU_BUDGET_S, default
-# 470 s: the whole script fits 8 minutes on one H200), so a slow or failing step never takes the
+# 570 s: one device call is at most 10 minutes), so a slow or failing step never takes the
 # later ones down with it; the
 # predict_wan steps get a --time-budget a little under their timeout, so they skip runs
 # they cannot finish instead of being killed (their JSON is rewritten after every run).
@@ -15,7 +15,7 @@ set -uo pipefail
 set -x
 
 OUT=${OUT:-./gpu_out}
-BUDGET_S=${LRAG_GPU_BUDGET_S:-470}
+BUDGET_S=${LRAG_GPU_BUDGET_S:-570}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
@@ -65,25 +65,32 @@ run_step() {
   if (( rc != 0 )); then FAILED+=("$name"); tail -n 25 "$OUT/$name.log"; fi
 }
 
-# Estimate (1.3B, 832x480, ~6 latent frames/s native): model build + warmups ~30 s per step.
-# 1. 120 latent frames, every KV tier (~20 s each; the host ring pins 31 GiB, int8 16 GiB): ~150 s.
-run_step predict_wan_$SHORT 230 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
-  --frames "$SHORT" --modes native rag --kv-tier device host int8 recompute \
-  --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$SHORT.json"
-
-# 2. 480 latent frames: native and the int8 ring (~80 s each, 67 GiB pinned): ~210 s. The exact
-#    tiers cannot hold 468 evicted frames x 288 MiB = 126 GiB on this card or in its 128 GiB of
-#    host memory (their pre-flight would skip them), and 960 frames fit no tier here, so neither runs.
-run_step predict_wan_$LONG 280 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
-  --frames "$LONG" --modes native rag --kv-tier int8 \
-  --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$LONG.json"
-
-# 3. Optional (LRAG_GPU_EMBEDDER=1): the frame embedder fit of issue 6, if time is left.
-if [[ ${LRAG_GPU_EMBEDDER:-0} == 1 && -f benchmarks/embedder_fit.py ]]; then
-  EMB_ARGS=(--device "$DEVICE")
-  [[ -n ${LRAG_EMBEDDER_ARGS:-} ]] && read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
-  run_step embedder_fit 100 python3 benchmarks/embedder_fit.py "${EMB_ARGS[@]}"
-fi
+# LRAG_GPU_STEPS picks the steps (default: tiers$SHORT long$LONG), so one session can be split
+# over several device calls of at most 10 minutes each:
+#   tiersN   every KV tier at N frames, incl. store_stride 5 for int8/host, with a profile per mode
+#   longN    native vs the bounded tiers (int8:5, host:10) at N frames, e.g. long960
+#   embedder the frame embedder fit of issue 6
+STEPS=${LRAG_GPU_STEPS:-"tiers$SHORT long$LONG"}
+for step in $STEPS; do
+  case $step in
+    tiers*)  # 120 frames: ~20 s per mode + a profile of ~12 blocks each (~25 s total)
+      n=${step#tiers}
+      run_step predict_wan_$n 400 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+        --frames "$n" --modes native rag --kv-tier device host int8 recompute int8:5 host:10 \
+        --profile "$OUT/profile_$n" --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$n.json" ;;
+    long*)  # ~6 latent frames/s: 960 frames ~160 s per mode. The exact tiers need 288 MiB per
+            # evicted frame (126 GiB at 480, 252 GiB at 960): more than the card or the host holds.
+      n=${step#long}
+      run_step predict_wan_$n 560 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
+        --frames "$n" --modes native rag --kv-tier int8:5 host:10 \
+        --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$n.json" ;;
+    embedder)
+      EMB_ARGS=(--device "$DEVICE")
+      [[ -n ${LRAG_EMBEDDER_ARGS:-} ]] && read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
+      run_step embedder_fit 100 python3 benchmarks/embedder_fit.py "${EMB_ARGS[@]}" ;;
+    *) echo "unknown step $step" | tee -a "$OUT/summary.txt"; FAILED+=("$step") ;;
+  esac
+done
 
 # -- collect -----------------------------------------------------------------------------
 {

@@ -57,10 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--frames", type=int, nargs="+", default=[120], help="latent frames per video (each value is run)")
     p.add_argument("--modes", nargs="+", default=["native", "rag"], choices=["native", "rag"])
-    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], choices=["device", "host", "int8", "recompute"],
-                   help="RetrievalMemory.kv_tier values to measure in RAG mode")
-    p.add_argument("--store-stride", type=int, nargs="+", default=[1],
-                   help="RetrievalMemory.store_stride values per RAG tier (n > 1: keep every n-th evicted frame)")
+    p.add_argument("--kv-tier", nargs="+", default=["device", "host"], metavar="TIER[:N]",
+                   help="RetrievalMemory.kv_tier values to measure in RAG mode (device, host, int8, recompute); "
+                        "TIER:N keeps every N-th evicted frame (RetrievalMemory.store_stride)")
     p.add_argument("--descriptor", default="avg_pool", choices=["avg_pool", "ae"], help="ae: random full-size LatentAE")
     p.add_argument("--height", type=int, default=60, help="latent height (480 px / 8)")
     p.add_argument("--width", type=int, default=104, help="latent width (832 px / 8)")
@@ -82,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the timed runs, profile a few steady blocks per mode into DIR/profile_<mode>.txt")
     args = p.parse_args(argv)
+    for token in args.kv_tier:
+        tier, _, stride = token.partition(":")
+        if tier not in ("device", "host", "int8", "recompute") or (stride and not (stride.isdigit() and int(stride) >= 1)):
+            p.error(f"--kv-tier {token}: expected TIER or TIER:N with TIER in device/host/int8/recompute and N >= 1")
     if any(f <= 0 or f % args.frames_per_block for f in args.frames):
         p.error(f"--frames {args.frames}: each must be a positive multiple of --frames-per-block {args.frames_per_block}")
     return args

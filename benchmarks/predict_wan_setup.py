@@ -28,9 +28,11 @@ class Mode:
 
 def modes_from(args: argparse.Namespace) -> list[Mode]:
     native = [Mode("native", 0, "device")] if "native" in args.modes else []
-    strides = getattr(args, "store_stride", [1])
-    rag = [Mode(f"rag-{t}" + (f"-s{n}" if n > 1 else ""), args.memory_size, t, n)
-           for t in args.kv_tier for n in strides]
+    rag = []
+    for token in args.kv_tier:  # TIER or TIER:N (store_stride N)
+        tier, _, stride = token.partition(":")
+        n = int(stride or 1)
+        rag.append(Mode(f"rag-{tier}" + (f"-s{n}" if n > 1 else ""), args.memory_size, tier, n))
     return native + (rag if "rag" in args.modes else [])
 
 
