@@ -63,23 +63,30 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Random-weight ``CausalWanModel`` built on the meta device, then materialised in place.
-
-    Initialising on the target device in the target dtype avoids a 5.7 GB fp32 CPU copy
-    at full size. Weights follow the fixture's rule (N(0, 1/fan_in), unit norm gains,
-    modulation N/sqrt(dim)) so activations stay O(1) through all layers.
-    """
-    from lrag.nets.wan import PRESETS, CausalWanModel
+    """Random-weight ``CausalWanModel`` of ``--preset`` (and ``--num-layers``); see :func:`init_backbone`."""
+    from lrag.nets.wan import PRESETS
 
     if args.preset not in PRESETS:
         raise SystemExit(f"--preset {args.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     cfg = PRESETS[args.preset]()
     if args.num_layers is not None:
         cfg.num_layers = args.num_layers
+    return init_backbone(cfg, device, dtype, args.seed, getattr(args, "compile", False))
+
+
+def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, compile_blocks: bool = False) -> torch.nn.Module:
+    """Random-weight ``CausalWanModel`` of ``cfg`` built on the meta device, then materialised in place.
+
+    Initialising on the target device in the target dtype avoids a 5.7 GB fp32 CPU copy
+    at full size. Weights follow the fixture's rule (N(0, 1/fan_in), unit norm gains,
+    modulation N/sqrt(dim)) so activations stay O(1) through all layers.
+    """
+    from lrag.nets.wan import CausalWanModel
+
     with torch.device("meta"):
         model = CausalWanModel(cfg)
     model = model.to_empty(device=device).to(dtype).eval().requires_grad_(False)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("modulation"):
@@ -90,7 +97,7 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
                 p.zero_()
             else:  # norm gains
                 p.fill_(1.0)
-    if getattr(args, "compile", False):
+    if compile_blocks:
         # Only the regions with one shape per run: self-attention goes through the KV cache's
         # Python bookkeeping (slices that change until the window is full), which would recompile.
         for block in model.blocks:
