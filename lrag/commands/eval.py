@@ -38,6 +38,8 @@ _HELP = {
                    "avg_pool and ae:<path> may end in +rerank<M> (shortlist M, re-ranked by generator keys).",
     "key_layers": "Backbone layers of gen_keys without :<layers> and of +rerank (negative: from the last).",
     "key_query": "gen_keys query side: keys (newest frame's pooled keys) or queries (its pooled queries).",
+    "memory_position": "RoPE time of retrieved frames: zero (the sink's, as trained) | slot | ordered "
+                       "(slots before the local window, oldest retrieved frame first).",
     "workers": "Processes, each evaluating a share of the worlds (results do not depend on it).",
     "diversity": "MMR weight of the cosine top-K (0 = plain top-K; higher skips near-duplicates of a pick).",
     "sink_mode": "blank (a zero block is the sink, as in training) | first.",

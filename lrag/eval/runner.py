@@ -56,7 +56,8 @@ from lrag.sampling.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Variant", "candidate_frames", "generate_video", "load_conditioned_backbone", "run_eval", "variants"]
+__all__ = ["EvalSettings", "Variant", "candidate_frames", "eval_worlds", "generate_video", "load_conditioned_backbone",
+           "run_eval", "variants"]
 
 
 @dataclass
@@ -344,8 +345,12 @@ def _retrieval_scores(s: EvalSettings, meta: dict, retrievals: list[dict]) -> di
     return {k: float(v) for k, v in metric.compute().items()}
 
 
-def _eval_worlds(s: EvalSettings, seeds: list[int], threads: int | None) -> list[RunResult]:
-    """Generate and score every variant of ``seeds`` in this process (one worker's share)."""
+def eval_worlds(s: EvalSettings, seeds: list[int], threads: int | None = None,
+                only: list[str] | None = None) -> list[RunResult]:
+    """Generate and score every variant (or those named in ``only``) of ``seeds`` in this process.
+
+    One worker's share of :func:`run_eval`; ``threads`` sets the torch threads of a spawned worker.
+    """
     if threads is not None:  # a spawned worker: its own thread share and log lines
         torch.set_num_threads(threads)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -359,6 +364,8 @@ def _eval_worlds(s: EvalSettings, seeds: list[int], threads: int | None) -> list
     for seed in seeds:
         world = render_world(seed, s.num_frames, wcfg)
         for v in variants(s):
+            if only is not None and v.name not in only:
+                continue
             video, retrievals, fps = generate_video(s, net, world, v, seed)
             scalars, series, by_gap = _score(s, world, wcfg, video, retrievals)
             scalars["frames_per_s"] = fps
@@ -375,10 +382,10 @@ def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[Ru
     if len(chunks) > 1:
         load_conditioned_backbone(s)  # a bad checkpoint fails here, once, not in every worker
         with multiprocessing.get_context("spawn").Pool(len(chunks)) as pool:
-            parts = pool.starmap(_eval_worlds, [(s, c, max(1, torch.get_num_threads() // len(chunks)))
+            parts = pool.starmap(eval_worlds, [(s, c, max(1, torch.get_num_threads() // len(chunks)))
                                                 for c in chunks])
     else:
-        parts = [_eval_worlds(s, s.seeds, None)]
+        parts = [eval_worlds(s, s.seeds)]
     by_world: dict[str, list[RunResult]] = {}
     for part in parts:
         for r in part:

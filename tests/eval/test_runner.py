@@ -181,11 +181,11 @@ def test_generator_key_and_rerank_descriptor_specs(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_workers_give_the_results_of_one_process(tmp_path) -> None:
-    from lrag.eval.runner import _eval_worlds
+    from lrag.eval.runner import eval_worlds
 
     s = _settings(tmp_path, seeds=[2000, 2001], descriptors=["gen_keys:0"], num_frames=12, workers=2)
     two, _ = run_eval(s)  # two spawned processes, one world each
-    one = _eval_worlds(s, s.seeds, None)  # both worlds in this process
+    one = eval_worlds(s, s.seeds)  # both worlds in this process
     assert [(r.world, r.variant) for r in one] == [(r.world, r.variant) for r in two]
     for a, b in zip(one, two):
         assert a.retrievals == b.retrievals
