@@ -9,7 +9,11 @@ with the eval settings, so no retrieval feedback is involved: each descriptor is
 same frames.
 
     python scripts/descriptor_recall.py --seeds 2000 2001 2002 2003 2004 2005 2006 2007 \
-        --embedders asset:embedder_tiny.safetensors
+        --embedders asset:embedder_tiny.safetensors --gen_keys 0 -1 0,-1
+
+``--gen_keys`` adds the backbone's own pooled keys at those layers (one comma-separated list per
+descriptor): the video's context passes are replayed through the sampler with the eval's
+settings and camera, as on resume, and the keys captured there (:mod:`lrag.memory.key_descriptor`).
 
 Use validation seeds (not the eval worlds 1000-1031, not the training worlds 0-63) when
 choosing an embedder recipe with it.
@@ -32,9 +36,15 @@ from lrag.data.ground_truth import relevant_frames
 from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import retrieval_scores
-from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, load_conditioned_backbone
+from lrag.eval.runner import (EvalSettings, Variant, _prefix_latents, candidate_frames, generate_video,
+                              load_conditioned_backbone)
+from lrag.memory.bank import RetrievalMemory
 from lrag.memory.retrieval import mmr_topk
 from lrag.checkpoints.embedder import load_embedder
+from lrag.nets.conditioning import TinyTextEncoder
+from lrag.sampling.prefix import condition_on_camera
+from lrag.sampling.sampler import ARSampler, SeededNoise
+from lrag.sampling.schedule import FlowMatchSchedule
 
 Descriptor = Callable[[Tensor], Tensor]  # [T, C, H, W] -> [T, D]
 
@@ -47,6 +57,24 @@ def fixed_descriptors() -> dict[str, Descriptor]:
     return {"avg_pool": lambda x: reduce(x, "t c h w -> t c", "mean"),
             "flat": flat,
             "flat_centred": lambda x: flat(x) - flat(x).mean(dim=0, keepdim=True)}
+
+
+def generator_keys(s: EvalSettings, net: torch.nn.Module, world: dict, layers: list[int]) -> Descriptor:
+    """``video [T, C, H, W] -> [T, D]``: pooled keys of ``layers`` from replayed context passes."""
+    def describe(video: Tensor) -> Tensor:
+        settings, dev = s.sampler_settings("replace"), torch.device(s.device)
+        p = settings.prefix
+        memory = RetrievalMemory(s.memory_size, s.recent_exclude, "gen_keys", kv_tier="device", key_layers=layers)
+        condition_on_camera(net, memory, world["positions"][None], world["camera"][None], p, dev)
+        memory.exclude_before(p)
+        sampler = ARSampler(net, FlowMatchSchedule(s.shift, denoising_steps=s.denoising_steps), memory, settings)
+        context = TinyTextEncoder(s.text_len, net.backbone.config.text_dim)([world["prompt"]]).to(dev)
+        latents = torch.cat([_prefix_latents(s), video[None].float()], dim=1).to(dev)
+        noise = SeededNoise(0, 1, s.channels, s.height, s.width, s.frames_per_block, device=dev)
+        sampler(noise, context, latents.shape[1], resume_latents=latents)  # every block replayed
+        return memory.descriptors()[0, p:].cpu()
+
+    return describe
 
 
 def retrieve_offline(desc: Tensor, meta: dict, s: EvalSettings, diversity: float = 0.0,
@@ -86,6 +114,10 @@ def score_world(args: argparse.Namespace, source: str, seed: int) -> dict[str, f
         model = load_embedder(resolve_asset(path, "--embedders")).eval()
         descriptors[Path(path.removeprefix("asset:")).stem] = model.encode
     world = render_world(seed, s.num_frames, wcfg)
+    if args.gen_keys:
+        net = load_conditioned_backbone(s)
+        for spec in args.gen_keys:
+            descriptors[f"gen_keys:{spec}"] = generator_keys(s, net, world, [int(i) for i in spec.split(",")])
     if source == "clean":
         video = world["latents"].float()
     else:
@@ -109,6 +141,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="world seeds (use validation worlds)")
     parser.add_argument("--num_frames", type=int, default=120)
     parser.add_argument("--embedders", nargs="*", default=[], help="embedder files (asset:<name> allowed)")
+    parser.add_argument("--gen_keys", nargs="*", default=[],
+                        help="generator-key descriptors, one layer list each (e.g. 0 -1 0,-1)")
     parser.add_argument("--diversity", type=float, nargs="*", default=[0.0], help="MMR diversity values")
     parser.add_argument("--centre", action="store_true", help="also score causally centred descriptors")
     parser.add_argument("--sources", nargs="*", default=["clean", "oracle", "native"],

@@ -33,7 +33,14 @@ _HELP = {
     "camera": "Camera conditioning of the checkpoint: none | motion | position (must match training).",
     "text_len": "Prompt tokens of the TinyTextEncoder (as in training).",
     "budgets": "Attention budget modes to compare: replace and/or add.",
-    "descriptors": "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>.",
+    "descriptors": "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>, "
+                   "gen_keys[:<layers>][:queries] (the backbone's own pooled keys, e.g. gen_keys:0,1); "
+                   "avg_pool and ae:<path> may end in +rerank<M> (shortlist M, re-ranked by generator keys).",
+    "key_layers": "Backbone layers of gen_keys without :<layers> and of +rerank (negative: from the last).",
+    "key_query": "gen_keys query side: keys (newest frame's pooled keys) or queries (its pooled queries).",
+    "memory_position": "RoPE time of retrieved frames: zero (the sink's, as trained) | slot | ordered "
+                       "(slots before the local window, oldest retrieved frame first).",
+    "workers": "Processes, each evaluating a share of the worlds (results do not depend on it).",
     "diversity": "MMR weight of the cosine top-K (0 = plain top-K; higher skips near-duplicates of a pick).",
     "sink_mode": "blank (a zero block is the sink, as in training) | first.",
     "train_seeds": "Extra seeds known to be training worlds (checked against seeds).",

@@ -4,9 +4,15 @@ For every evaluation world the runner generates the video once per *variant* wit
 backbone, noise seed, conditioning (prompt + the world's camera path) and attention window:
 
 * ``native``: ``memory_size 0`` (sliding window only);
-* ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``, or
-  ``ae:<path>`` for an embedder checkpoint) or ``oracle`` (pose/field-of-view retrieval from
-  the camera path, :class:`~lrag.memory.oracle.GroundTruthMemory`).
+* ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``,
+  ``ae:<path>`` for an embedder checkpoint, ``gen_keys[:<layers>][:queries]`` for the backbone's
+  own pooled keys, e.g. ``gen_keys:0,1``; any of the first two may end in ``+rerank<M>``, a
+  shortlist of M re-ranked by the generator keys of ``key_layers``) or ``oracle``
+  (pose/field-of-view retrieval from the camera path,
+  :class:`~lrag.memory.oracle.GroundTruthMemory`).
+
+With ``workers > 1`` the worlds are spread over that many processes (each world's videos are
+seeded by the world alone, so the results do not depend on the number of workers).
 
 The generated latents are scored against the world's ground truth with the metrics of
 :mod:`lrag.eval.metrics`; :func:`lrag.eval.report.write_report` writes the A/B report.
@@ -19,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import multiprocessing
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +56,8 @@ from lrag.sampling.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Variant", "candidate_frames", "generate_video", "load_conditioned_backbone", "run_eval", "variants"]
+__all__ = ["EvalSettings", "Variant", "candidate_frames", "eval_worlds", "generate_video", "load_conditioned_backbone",
+           "run_eval", "variants"]
 
 
 @dataclass
@@ -73,6 +82,9 @@ class EvalSettings:
     sink_mode: str = "blank"
     descriptors: list[str] = field(default_factory=lambda: ["avg_pool", "oracle"])
     diversity: float = 0.0  # MMR weight of the cosine top-K (RetrievalMemory.diversity); 0 = plain top-K
+    key_layers: list[int] = field(default_factory=lambda: [-1])  # gen_keys / +rerank layers (no :layers)
+    key_query: str = "keys"  # gen_keys query side: the newest frame's pooled keys or queries
+    workers: int = 1  # processes, one world at a time each; results do not depend on it
     shift: float = 5.0
     denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     height: int = 8
@@ -86,6 +98,11 @@ class EvalSettings:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"eval workers={self.workers}: must be >= 1.")
+        for desc in self.descriptors:
+            if desc != "oracle":
+                _descriptor_spec(desc, self)  # a typo fails before any video is generated
         for budget in self.budgets:  # the sampler knobs are checked where they are declared
             self.sampler_settings(budget).check_length(self.num_frames)
 
@@ -110,7 +127,9 @@ def variants(s: EvalSettings) -> list[Variant]:
     out = [Variant(BASELINE, None, s.budgets[0])]
     for budget in s.budgets:
         for desc in s.descriptors:
-            label = Path(desc[3:].removeprefix(ASSET_PREFIX)).stem if desc.startswith("ae:") else desc
+            base, plus, tail = desc.partition("+")
+            label = Path(base[3:].removeprefix(ASSET_PREFIX)).stem if base.startswith("ae:") else base
+            label = label.replace(":", "-").replace(",", "_") + (f"+{tail}" if plus else "")
             suffix = f"-{budget}" if len(s.budgets) > 1 else ""
             out.append(Variant(f"rag-{label}{suffix}", desc, budget))
     return out
@@ -165,16 +184,41 @@ def _check_heldout(s: EvalSettings, data_hp: dict[str, Any], path: Path) -> None
         )
 
 
+_GEN_KEYS = re.compile(r"gen_keys(?::(-?\d+(?:,-?\d+)*))?(?::(keys|queries))?")
+
+
+def _descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
+    """``RetrievalMemory`` keyword arguments of a content descriptor string (see the module doc)."""
+    base, _, tail = desc.partition("+")
+    kw: dict[str, Any] = {"key_layers": list(s.key_layers), "key_query": s.key_query}
+    if tail:
+        m = re.fullmatch(r"rerank(\d+)", tail)
+        if m is None or base.startswith("gen_keys"):
+            raise ValueError(f"descriptors: {desc!r}: the only suffix is +rerank<M> (e.g. avg_pool+rerank8), "
+                             "after avg_pool or ae:<path>.")
+        kw["rerank"] = int(m.group(1))
+    keys = _GEN_KEYS.fullmatch(base)
+    if keys is not None:
+        if keys.group(1):
+            kw["key_layers"] = [int(i) for i in keys.group(1).split(",")]
+        kw["key_query"] = keys.group(2) or s.key_query
+        return {"descriptor": "gen_keys", **kw}
+    if base.startswith("ae:"):
+        return {"descriptor": "ae", "embedder_path": resolve_asset(base[3:], f"descriptors: {desc}"), **kw}
+    if base != "avg_pool":
+        raise ValueError(f"descriptors: {desc!r} is unknown; use avg_pool, oracle, ae:<path>, "
+                         "gen_keys[:<layers>][:queries], optionally +rerank<M>.")
+    return {"descriptor": "avg_pool", **kw}
+
+
 def _memory(s: EvalSettings, v: Variant) -> RetrievalMemory:
     if v.descriptor is None:
         return RetrievalMemory(0, s.recent_exclude, kv_tier="device")
     if v.descriptor == "oracle":
         return GroundTruthMemory(s.memory_size, s.recent_exclude, s.frames_per_block, (s.height, s.width),
                                  revisit_fraction=1.0, kv_tier="device")
-    if v.descriptor.startswith("ae:"):
-        path = resolve_asset(v.descriptor[3:], f"descriptors: {v.descriptor}")
-        return RetrievalMemory(s.memory_size, s.recent_exclude, "ae", path, kv_tier="device", diversity=s.diversity)
-    return RetrievalMemory(s.memory_size, s.recent_exclude, v.descriptor, kv_tier="device", diversity=s.diversity)
+    return RetrievalMemory(s.memory_size, s.recent_exclude, kv_tier="device", diversity=s.diversity,
+                           **_descriptor_spec(v.descriptor, s))
 
 
 def _prefix(s: EvalSettings) -> int:
@@ -301,25 +345,52 @@ def _retrieval_scores(s: EvalSettings, meta: dict, retrievals: list[dict]) -> di
     return {k: float(v) for k, v in metric.compute().items()}
 
 
-def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[RunResult], ReportPaths]:
-    """Generate and score every (world, variant); write the report under ``s.out_dir``."""
-    _check_sink_swap(s)
+def eval_worlds(s: EvalSettings, seeds: list[int], threads: int | None = None,
+                only: list[str] | None = None) -> list[RunResult]:
+    """Generate and score every variant (or those named in ``only``) of ``seeds`` in this process.
+
+    One worker's share of :func:`run_eval`; ``threads`` sets the torch threads of a spawned worker.
+    """
+    if threads is not None:  # a spawned worker: its own thread share and log lines
+        torch.set_num_threads(threads)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     net = load_conditioned_backbone(s).to(s.device)
     wcfg = WorldConfig(frame_height=s.height, frame_width=s.width, channels=s.channels,
                        revisit_min=s.revisit_min, revisit_max=s.revisit_max)
     results: list[RunResult] = []
     # One unscored block first, so frames/s of the first variant carries no warm-up cost.
     warm = dataclasses.replace(s, num_frames=s.frames_per_block)
-    generate_video(warm, net, render_world(s.seeds[0], warm.num_frames, wcfg), variants(s)[0], 0)
-    for seed in s.seeds:
+    generate_video(warm, net, render_world(seeds[0], warm.num_frames, wcfg), variants(s)[0], 0)
+    for seed in seeds:
         world = render_world(seed, s.num_frames, wcfg)
         for v in variants(s):
+            if only is not None and v.name not in only:
+                continue
             video, retrievals, fps = generate_video(s, net, world, v, seed)
             scalars, series, by_gap = _score(s, world, wcfg, video, retrievals)
             scalars["frames_per_s"] = fps
             results.append(RunResult(f"world-{seed}", v.name, scalars, series, retrievals, by_gap))
             log.info("world %d %s: revisit %.4g, %.1f frames/s", seed, v.name,
                      scalars["revisit_inconsistency"], fps)
+    return results
+
+
+def run_eval(s: EvalSettings, tb_dir: str | Path | None = None) -> tuple[list[RunResult], ReportPaths]:
+    """Generate and score every (world, variant); write the report under ``s.out_dir``."""
+    _check_sink_swap(s)
+    chunks = [s.seeds[i:: s.workers] for i in range(min(s.workers, len(s.seeds)))]
+    if len(chunks) > 1:
+        load_conditioned_backbone(s)  # a bad checkpoint fails here, once, not in every worker
+        with multiprocessing.get_context("spawn").Pool(len(chunks)) as pool:
+            parts = pool.starmap(eval_worlds, [(s, c, max(1, torch.get_num_threads() // len(chunks)))
+                                                for c in chunks])
+    else:
+        parts = [eval_worlds(s, s.seeds)]
+    by_world: dict[str, list[RunResult]] = {}
+    for part in parts:
+        for r in part:
+            by_world.setdefault(r.world, []).append(r)
+    results = [r for seed in s.seeds for r in by_world[f"world-{seed}"]]  # seed order, as one process
     out = Path(s.out_dir)
     meta = {"settings": s.__dict__, "device": str(s.device)}
     paths = write_report(results, out, tb_dir if tb_dir is not None else out / "tb", meta)

@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from lrag.memory.key_descriptor import GeneratorKeys, shortlist_rerank
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.retrieval import mmr_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
@@ -30,7 +31,8 @@ __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
 
 log = logging.getLogger(__name__)
 
-DESCRIPTORS = ("avg_pool", "ae")
+DESCRIPTORS = ("avg_pool", "ae", "gen_keys")
+KV_ORDERS = ("rank", "time")
 KV_TIERS = ("device", "host", "int8", "recompute")
 _OFFLOADED = ("host", "int8")
 
@@ -74,8 +76,10 @@ class RetrievalMemory:
         memory_size: K, frames retrieved per block; 0 is the native sliding-window
             baseline through the same code (evicted frames are dropped).
         recent_exclude: R, the newest evicted frames that are never candidates.
-        descriptor: ``"avg_pool"`` (spatial mean of the latent frame, ``[C]``) or
-            ``"ae"`` (L2-normalised embedding of a frame embedder).
+        descriptor: ``"avg_pool"`` (spatial mean of the latent frame, ``[C]``),
+            ``"ae"`` (L2-normalised embedding of a frame embedder) or ``"gen_keys"`` (the
+            backbone's own pooled self-attention keys, :mod:`lrag.memory.key_descriptor`;
+            captured by the sampler in the context pass).
         embedder_path: Embedder checkpoint for ``descriptor: ae`` (reference ``.pt``,
             our ``.safetensors`` or a Lightning ``.ckpt``).
         kv_tier: Where evicted frames' K/V live: ``"device"`` (the compute device),
@@ -93,6 +97,13 @@ class RetrievalMemory:
             reference). Neighbouring frames are near-duplicates, so a stride bounds the pool's
             memory growth (stored K/V per generated frame / n) at little loss; the R newest
             evicted frames stay excluded by frame index, not by pool entry.
+        key_layers: Backbone layers whose keys make the ``gen_keys`` descriptor (negative:
+            from the last); None = ``[-1]``.
+        key_query: ``gen_keys`` query: the newest frame's pooled ``"keys"`` or ``"queries"``.
+        key_per_head: Normalise each head's pooled key before concatenating heads.
+        rerank: Two-stage search: shortlist this many candidates with ``descriptor``, then
+            keep the K whose generator keys (``key_layers``, ``key_query``) are most similar;
+            None = one stage.
     """
 
     def __init__(
@@ -105,6 +116,10 @@ class RetrievalMemory:
         host_budget_gib: float | None = None,
         host_chunk_frames: int = 16,
         diversity: float = 0.0,
+        key_layers: list[int] | None = None,
+        key_query: str = "keys",
+        key_per_head: bool = True,
+        rerank: int | None = None,
         store_stride: int = 1,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
@@ -132,6 +147,13 @@ class RetrievalMemory:
             raise ValueError(f"RetrievalMemory.diversity must be in [0, 1] (0 = plain top-K), got {diversity}")
         self.diversity = diversity
         self.store_stride = store_stride
+        if rerank is not None and (descriptor == "gen_keys" or rerank < max(memory_size, 1)):
+            raise ValueError(f"RetrievalMemory.rerank={rerank}: must be >= memory_size ({memory_size}) and "
+                             "needs a first-stage descriptor other than gen_keys (or null: one stage).")
+        self.rerank = rerank
+        uses_keys = descriptor == "gen_keys" or rerank is not None
+        self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
+        self.kv_order = "rank"
         self.embedder: nn.Module | None = None
         self._recompute: RecomputeFn | None = None
         self.first_candidate = 0
@@ -143,6 +165,8 @@ class RetrievalMemory:
     def reset(self) -> None:
         """Forget all frames (start of a new video)."""
         self._descriptors: list[Tensor] = []  # per frame [B, D]
+        self._key_desc: list[Tensor] = []  # per frame [B, D'] generator keys (gen_keys / rerank)
+        self._key_query: list[Tensor] = []  # per frame [B, D'] its query side (keys or queries)
         self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
         self._pool: list[_Stored] = []
         self._last_evicted = -1
@@ -168,6 +192,16 @@ class RetrievalMemory:
         if frame < 0:
             raise ValueError(f"RetrievalMemory.exclude_before: frame must be >= 0, got {frame}")
         self.first_candidate = frame
+
+    def set_kv_order(self, order: str) -> None:
+        """Order of the retrieved frames' K/V: ``"rank"`` (most similar first) or ``"time"``
+        (oldest first, for ``memory_position: ordered``). Records keep the rank order."""
+        if order not in KV_ORDERS:
+            raise ValueError(f"RetrievalMemory.set_kv_order: choose one of {KV_ORDERS}, got {order!r}")
+        self.kv_order = order
+
+    def _kv_frames(self, frames: Tensor) -> Tensor:
+        return frames.sort(dim=1).values if self.kv_order == "time" else frames
 
     def set_recompute(self, fn: RecomputeFn | None) -> None:
         """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
@@ -203,9 +237,15 @@ class RetrievalMemory:
             ``[B, f, D]`` descriptors.
         """
         out = []
+        keys = self.generator_keys.take(frames.shape[1]) if self.generator_keys is not None else None
         for j in range(frames.shape[1]):  # per frame, as the reference does (batch = B)
             frame = frames[:, j]
-            if self.descriptor == "ae":
+            if keys is not None:
+                self._key_desc.append(keys[0][:, j].to(frame.device))
+                self._key_query.append(keys[1][:, j].to(frame.device))
+            if self.descriptor == "gen_keys":
+                desc = self._key_desc[-1]
+            elif self.descriptor == "ae":
                 emb = self._load_embedder()
                 p = next(emb.parameters())
                 desc = emb.encode(frame.to(device=p.device, dtype=p.dtype)).to(frame.device)
@@ -252,9 +292,7 @@ class RetrievalMemory:
         eligible = self._num_eligible()
         if eligible == 0 or not self._descriptors:
             return None
-        query = self._descriptors[-1]
-        candidates = torch.stack([self._descriptors[f] for f in self._pool_frames[:eligible]], dim=1)
-        scores, idx = mmr_topk(query, candidates, min(self.memory_size, eligible), self.diversity)
+        scores, idx = self._rank(eligible)
         table = torch.tensor(self._pool_frames[:eligible])
         if idx.is_cuda:  # pinned + non_blocking: a pageable copy would wait for the GPU to drain
             table = table.pin_memory().to(idx.device, non_blocking=True)
@@ -269,6 +307,19 @@ class RetrievalMemory:
         if self.store_stride == 1:  # the pool holds every evicted frame: the reference's count
             return num_eligible(len(self._pool), self.recent_exclude)
         return bisect.bisect_right(self._pool_frames, self._last_evicted - self.recent_exclude)
+
+    def _rank(self, eligible: int) -> tuple[Tensor, Tensor]:
+        """Scores and indices ``[B, k]`` into the eligible pool: one stage, or shortlist + re-rank."""
+        frames, k = self._pool_frames[:eligible], min(self.memory_size, eligible)
+        if self.descriptor == "gen_keys":
+            keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
+            return mmr_topk(self._key_query[-1], keys, k, self.diversity)
+        candidates = torch.stack([self._descriptors[f] for f in frames], dim=1)
+        if self.rerank is None:
+            return mmr_topk(self._descriptors[-1], candidates, k, self.diversity)
+        keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
+        return shortlist_rerank(self._descriptors[-1], candidates, self._key_query[-1], keys, k,
+                                self.rerank, self.diversity)
 
     # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
     def _key(self, query_frame: int) -> tuple[int, int, int]:
@@ -288,7 +339,7 @@ class RetrievalMemory:
         n = len(self.records)
         record = self.retrieve(query_frame)
         del self.records[n:]  # recorded when taken: the video may end before that block
-        frames_host, copied = host_copy(record.frames) if record is not None else (None, None)
+        frames_host, copied = host_copy(self._kv_frames(record.frames)) if record is not None else (None, None)
         mark = torch.cuda.current_stream(record.frames.device).record_event() \
             if record is not None and record.frames.is_cuda else None
         self._plan = PlannedRetrieval(self._key(query_frame), record, frames_host, copied, mark)
@@ -362,7 +413,7 @@ class RetrievalMemory:
         if self.kv_tier == "recompute":
             return self._gather_recomputed(record, device)
         b, k_sel = record.frames.shape
-        slots = self._pool_slots(record.frames)
+        slots = self._pool_slots(self._kv_frames(record.frames))
         # Only the K retrieved frames move (never the whole pool): one copy per block, per
         # frame, straight from where the frame is stored to the compute device.
         ks, vs = [], []
@@ -380,7 +431,7 @@ class RetrievalMemory:
         if taken is not None and taken.record is record and taken.kv is not None:
             k, v, done = taken.kv
         else:  # not planned (first retrieval, resumed block): fetch now
-            frames_host, copied = host_copy(record.frames)
+            frames_host, copied = host_copy(self._kv_frames(record.frames))
             if copied is not None:
                 copied.synchronize()
             k, v, done = self._fill(frames_host, device, None)
@@ -388,7 +439,7 @@ class RetrievalMemory:
             torch.cuda.current_stream(device).wait_event(done)  # the GPU waits, not the host
         k_sel = record.frames.shape[1]
         ks, vs = self._offload.memory_views(k, v, k_sel)
-        slots = self._pool_slots(record.frames.cpu()) if self._pool and self._pool[0].offset is not None else None
+        slots = self._pool_slots(self._kv_frames(record.frames).cpu()) if self._pool and self._pool[0].offset is not None else None
         return MemoryKV(ks, vs, k_sel, None if slots is None else self._gather_offsets(slots, device))
 
     def _pool_slots(self, frames: Tensor) -> Tensor:
@@ -409,7 +460,8 @@ class RetrievalMemory:
         if self._recompute is None:
             raise RuntimeError("kv_tier 'recompute' needs a hook: the sampler installs it via set_recompute()")
         b, k_sel = record.frames.shape
-        rows = record.frames.tolist()  # the hook needs the frames on the host: one sync per block
+        frames = self._kv_frames(record.frames)
+        rows = frames.tolist()  # the hook needs the frames on the host: one sync per block
         # Frames retrieved by the previous block are still on the GPU; the others are rebuilt in
         # one batched pass (each frame still attends only to itself).
         wanted = {f for row in rows for f in row}  # a frame retrieved by several samples is built once
@@ -425,7 +477,7 @@ class RetrievalMemory:
         vs = [torch.stack([self._recomputed[f][1][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
         k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
         v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
-        offsets = self._gather_offsets(self._pool_slots(record.frames), device)
+        offsets = self._gather_offsets(self._pool_slots(frames), device)
         return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, offsets)
 
     def stored_bytes(self) -> int:

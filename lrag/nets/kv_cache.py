@@ -30,7 +30,7 @@ __all__ = ["AttendPlan", "AttentionPolicy", "EvictedKV", "KVCache", "LayerKV", "
 
 _BUDGETS = ("replace", "add")
 _POSITIONS = ("auto", "absolute", "slot")
-_MEMORY_POSITIONS = ("zero", "slot")
+_MEMORY_POSITIONS = ("zero", "slot", "ordered")
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ class AttentionPolicy:
             reference latent-memory model) or ``"auto"`` (absolute when
             ``memory_size == 0``, else slot: each reproduces its reference class).
         memory_position: Temporal RoPE position of retrieved frames: ``"zero"``
-            (reference: all share the sink's position 0) or ``"slot"`` (``sink + rank``,
-            the slots that the replace budget reserves for them).
+            (reference: all share the sink's position 0), ``"slot"`` (``sink + i`` for the
+            i-th frame of ``MemoryKV``, the slots that the replace budget reserves for them) or
+            ``"ordered"`` (the same slots; the memory hands its frames oldest first, so they
+            keep their original order).
     """
 
     window: int

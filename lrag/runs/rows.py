@@ -58,7 +58,8 @@ def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames
         frames: The block's decoded uint8 frames ``[T, H', W', 3]``.
         memory: The retrieval memory (its ``descriptor`` names the embedding space).
         checkpoint_hashes: The generator's weight hashes; called only for an ``ae`` descriptor,
-            which is tagged with the embedder's hash.
+            tagged with the embedder's hash, and ``gen_keys``, tagged with the backbone's hash,
+            layers and query side.
     """
     f = result.latents.shape[1]
     descriptor = "avg_pool"  # the store never compares frames of different descriptors
@@ -67,6 +68,10 @@ def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames
         descriptor = str(getattr(memory, "descriptor", descriptor))
         if descriptor == "ae":
             descriptor += ":" + checkpoint_hashes().get("embedder", "unhashed")[:12]
+        elif descriptor == "gen_keys":  # the key space is the backbone's, at these layers
+            keys = memory.generator_keys
+            descriptor += (f":{checkpoint_hashes().get('backbone_weights', 'unhashed')[:12]}"
+                           f":{','.join(map(str, keys.layers))}:{keys.query}")
     else:  # native memories may compute no descriptor: spatial mean is zero-safe
         embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
     # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).

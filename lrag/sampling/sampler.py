@@ -162,6 +162,7 @@ class ARSampler:
         self.settings = settings
         self.frames_per_block = settings.frames_per_block
         self.policy = settings.policy(memory.memory_size)
+        memory.set_kv_order("time" if settings.memory_position == "ordered" else "rank")
         self.reference_cpu_alias = reference_cpu_alias
         self.step_callback: StepCallback | None = None  # debugging / golden comparison hook
 
@@ -215,6 +216,15 @@ class ARSampler:
         if generated:
             x = self._denoise(cache, source.initial(block).to(context.device, context.dtype),
                               context, start, block, source, mem)
+        keys = self.memory.generator_keys
+        if keys is not None:  # descriptors come from the context pass itself: plan after it
+            with keys.capture(self.backbone):
+                self._context_pass(cache, x, context, start, block, mem)
+            descriptors = self.memory.describe(x)
+            if generated and not last:
+                self.memory.plan(start + self.frames_per_block)
+            self.memory.prefetch(context.device)
+            return x, descriptors, record
         descriptors = self.memory.describe(x)
         if generated and not last:  # the context pass evicts nothing: the next retrieval is known now
             self.memory.plan(start + self.frames_per_block)

@@ -20,7 +20,7 @@ __all__ = ["SAMPLER_KNOBS", "SamplerSettings"]
 
 Budget = Literal["replace", "add"]
 Positions = Literal["auto", "absolute", "slot"]
-MemoryPosition = Literal["zero", "slot"]
+MemoryPosition = Literal["zero", "slot", "ordered"]
 SinkMode = Literal["first", "blank"]
 
 
@@ -42,7 +42,9 @@ class SamplerSettings:
             reference native model), ``"slot"`` (ring-buffer slot, reference memory model) or
             ``"auto"`` (absolute without memory, else slot). Use the backbone's training value.
         memory_position: RoPE time of retrieved frames: ``"zero"`` (reference: the sink's
-            position) or ``"slot"`` (the slots the replace budget reserves for them).
+            position), ``"slot"`` (the slots the replace budget reserves for them, most
+            similar first) or ``"ordered"`` (those slots in the frames' original order: the
+            oldest retrieved frame first, all before the local window).
         sink_mode: ``"first"``: the video's first frame is the sink; ``"blank"``: one block of
             zero frames precedes the video (never persisted), as backbone training does.
     """

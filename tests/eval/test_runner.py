@@ -161,3 +161,35 @@ def test_diversity_reaches_every_cosine_memory() -> None:
     s = EvalSettings(diversity=0.4)
     assert _memory(s, Variant("rag-avg_pool", "avg_pool", "replace")).diversity == 0.4
     assert _memory(s, Variant("native", None, "replace")).memory_size == 0
+
+
+def test_generator_key_and_rerank_descriptor_specs(tmp_path) -> None:
+    from lrag.eval.runner import _memory
+
+    s = _settings(tmp_path, descriptors=["gen_keys", "gen_keys:0,-1:queries", "avg_pool+rerank6"],
+                  key_layers=[1])
+    names = [v.name for v in variants(s)]
+    assert names == ["native", "rag-gen_keys", "rag-gen_keys-0_-1-queries", "rag-avg_pool+rerank6"]
+    plain, both, rerank = (_memory(s, v) for v in variants(s)[1:])
+    assert plain.descriptor == "gen_keys" and plain.generator_keys.layers == [1]
+    assert both.generator_keys.layers == [0, -1] and both.generator_keys.query == "queries"
+    assert rerank.descriptor == "avg_pool" and rerank.rerank == 6 and rerank.generator_keys.layers == [1]
+    for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine"):
+        with pytest.raises(ValueError, match="descriptors"):
+            _settings(tmp_path, descriptors=[bad])
+
+
+@pytest.mark.slow
+def test_workers_give_the_results_of_one_process(tmp_path) -> None:
+    from lrag.eval.runner import eval_worlds
+
+    s = _settings(tmp_path, seeds=[2000, 2001], descriptors=["gen_keys:0"], num_frames=12, workers=2)
+    two, _ = run_eval(s)  # two spawned processes, one world each
+    one = eval_worlds(s, s.seeds)  # both worlds in this process
+    assert [(r.world, r.variant) for r in one] == [(r.world, r.variant) for r in two]
+    for a, b in zip(one, two):
+        assert a.retrievals == b.retrievals
+        assert {k: v for k, v in a.scalars.items() if k != "frames_per_s"} == pytest.approx(
+            {k: v for k, v in b.scalars.items() if k != "frames_per_s"}, nan_ok=True)
+    with pytest.raises(ValueError, match="workers"):
+        _settings(tmp_path, workers=0)

@@ -123,3 +123,21 @@ def test_diversity_skips_a_near_duplicate_of_the_first_pick() -> None:
         mem.store(_evicted([1, 2, 3, 4]))
     assert plain.retrieve(query_frame=6).frames.tolist() == [[2, 1]]
     assert mmr.retrieve(query_frame=6).frames.tolist() == [[2, 3]]
+
+
+@pytest.mark.parametrize("tier", ["device", "host"])
+def test_time_kv_order_hands_kv_oldest_first_and_keeps_the_rank_record(tier: str) -> None:
+    # memory_position "ordered": the K/V go to the cache in the frames' original order, while
+    # the logged record (ranks, scores) stays most similar first.
+    mem = RetrievalMemory(memory_size=2, recent_exclude=0, kv_tier=tier)
+    mem.set_kv_order("time")
+    mem.describe(_frames([[0, 1], [0, 1], [1, 0.5], [1, 0], [1, 0]]))
+    mem.store(_evicted([1, 2]))
+    mem.plan(5)  # the host tier copies what plan() chose: it must be in time order as well
+    mem.prefetch("cpu")
+    record = mem.take(5)
+    assert record.frames.tolist() == [[2, 1]]  # frame 2 ([1, .5]) is closer to the query [1, 0]
+    kv = mem.gather(record, "cpu")
+    assert torch.all(kv.k[0][:, :2] == 1.0) and torch.all(kv.k[0][:, 2:] == 2.0)
+    with pytest.raises(ValueError, match="set_kv_order"):
+        mem.set_kv_order("random")

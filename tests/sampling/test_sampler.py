@@ -113,3 +113,10 @@ def test_recompute_tier_runs_and_retrieves(model) -> None:
                                                                 16, on_block=results.append)
     assert torch.isfinite(out).all() and memory.stored_bytes() == 0
     assert any(r.retrieval is not None for r in results)
+
+
+def test_ordered_memory_position_makes_the_memory_hand_kv_in_time_order(model) -> None:
+    assert _sampler(model, memory_position="ordered").memory.kv_order == "time"
+    assert _sampler(model, memory_position="slot").memory.kv_order == "rank"
+    out = _sampler(model, memory_position="ordered")(SeededNoise(0, 1, 16, 4, 4, FPB), _context(model), 12)
+    assert out.shape == (1, 12, 16, 4, 4) and torch.isfinite(out).all()
