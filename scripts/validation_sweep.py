@@ -42,7 +42,8 @@ POSITIONS = ("slot", "ordered")
 def default_descriptors(rerank: int) -> list[str]:
     """The variants run with the config's memory_position (native is always added)."""
     return ["avg_pool", EMBEDDER, "gen_keys:0", "gen_keys:-1", "gen_keys:0,-1", "gen_keys:-1:queries",
-            f"avg_pool+rerank{rerank}", f"{EMBEDDER}+rerank{rerank}", "oracle"]
+            f"avg_pool+rerank{rerank}", f"{EMBEDDER}+rerank{rerank}", f"{EMBEDDER}+stride3", f"{EMBEDDER}+stride5",
+            "oracle"]
 
 
 def _job(s: EvalSettings, seed: int, only: list[str] | None, suffix: str) -> list[RunResult]:

@@ -7,7 +7,8 @@ backbone, noise seed, conditioning (prompt + the world's camera path) and attent
 * ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``,
   ``ae:<path>`` for an embedder checkpoint, ``gen_keys[:<layers>][:queries]`` for the backbone's
   own pooled keys, e.g. ``gen_keys:0,1``; any of the first two may end in ``+rerank<M>``, a
-  shortlist of M re-ranked by the generator keys of ``key_layers``) or ``oracle``
+  shortlist of M re-ranked by the generator keys of ``key_layers``, and any of them in
+  ``+stride<N>``, a pool of every N-th evicted frame) or ``oracle``
   (pose/field-of-view retrieval from the camera path,
   :class:`~lrag.memory.oracle.GroundTruthMemory`).
 
@@ -189,13 +190,16 @@ _GEN_KEYS = re.compile(r"gen_keys(?::(-?\d+(?:,-?\d+)*))?(?::(keys|queries))?")
 
 def _descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
     """``RetrievalMemory`` keyword arguments of a content descriptor string (see the module doc)."""
-    base, _, tail = desc.partition("+")
+    base, *tails = desc.split("+")
     kw: dict[str, Any] = {"key_layers": list(s.key_layers), "key_query": s.key_query}
-    if tail:
+    for tail in tails:
+        if m := re.fullmatch(r"stride(\d+)", tail):  # RetrievalMemory.store_stride: any descriptor
+            kw["store_stride"] = int(m.group(1))
+            continue
         m = re.fullmatch(r"rerank(\d+)", tail)
         if m is None or base.startswith("gen_keys"):
-            raise ValueError(f"descriptors: {desc!r}: the only suffix is +rerank<M> (e.g. avg_pool+rerank8), "
-                             "after avg_pool or ae:<path>.")
+            raise ValueError(f"descriptors: {desc!r}: suffixes are +rerank<M> (after avg_pool or ae:<path>, "
+                             "e.g. avg_pool+rerank8) and +stride<N> (keep every N-th evicted frame).")
         kw["rerank"] = int(m.group(1))
     keys = _GEN_KEYS.fullmatch(base)
     if keys is not None:

@@ -174,7 +174,10 @@ def test_generator_key_and_rerank_descriptor_specs(tmp_path) -> None:
     assert plain.descriptor == "gen_keys" and plain.generator_keys.layers == [1]
     assert both.generator_keys.layers == [0, -1] and both.generator_keys.query == "queries"
     assert rerank.descriptor == "avg_pool" and rerank.rerank == 6 and rerank.generator_keys.layers == [1]
-    for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine"):
+    stride = _memory(_settings(tmp_path, descriptors=["avg_pool+stride3"]), variants(
+        _settings(tmp_path, descriptors=["avg_pool+stride3"]))[1])
+    assert stride.store_stride == 3 and stride.descriptor == "avg_pool" and stride.rerank is None
+    for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine", "avg_pool+stride"):
         with pytest.raises(ValueError, match="descriptors"):
             _settings(tmp_path, descriptors=[bad])
 
