@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import revisit_errors, revisit_errors_by_gap
 from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
 from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
+from lrag.eval.settings import EvalSettings
 from lrag.assets import ASSET_PREFIX, resolve_asset
 from lrag.checkpoints.backbone_fit import INFERENCE_KNOBS, build_conditioned, load_backbone_fit, read_backbone_fit
 from lrag.memory.bank import RetrievalMemory
@@ -44,56 +45,10 @@ from lrag.nets.wan import build_tiny
 from lrag.sampling.prefix import blank_block, condition_on_camera
 from lrag.sampling.sampler import ARSampler, SeededNoise
 from lrag.sampling.schedule import FlowMatchSchedule
-from lrag.sampling.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Variant", "candidate_frames", "generate_video", "load_conditioned_backbone", "run_eval", "variants"]
-
-
-@dataclass
-class EvalSettings:
-    """Everything one ``lrag eval`` run needs (the CLI fills it from YAML and flags)."""
-
-    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
-    num_frames: int = 48
-    backbone_preset: str = "tiny"
-    backbone_checkpoint: str | None = None
-    backbone_fit_config: str | None = None
-    camera: str = "motion"
-    text_len: int = 8
-    frames_per_block: int = 3
-    window: int = 10
-    sink: int = 1
-    memory_size: int = 2
-    recent_exclude: int = 1
-    budgets: list[str] = field(default_factory=lambda: ["replace"])
-    positions: str = "slot"
-    memory_position: str = "zero"
-    sink_mode: str = "blank"
-    descriptors: list[str] = field(default_factory=lambda: ["avg_pool", "oracle"])
-    diversity: float = 0.0  # MMR weight of the cosine top-K (RetrievalMemory.diversity); 0 = plain top-K
-    shift: float = 5.0
-    denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
-    height: int = 8
-    width: int = 8
-    channels: int = 16
-    revisit_min: int = 16
-    revisit_max: int = 40
-    train_seeds: list[int] = field(default_factory=list)
-    sink_swap: int | None = None
-    out_dir: str = "runs/eval"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for budget in self.budgets:  # the sampler knobs are checked where they are declared
-            self.sampler_settings(budget).check_length(self.num_frames)
-
-    def sampler_settings(self, budget: str) -> SamplerSettings:
-        """The :class:`SamplerSettings` of one budget arm (the other knobs are shared)."""
-        return SamplerSettings(frames_per_block=self.frames_per_block, window=self.window, sink=self.sink,
-                               budget=budget, positions=self.positions, memory_position=self.memory_position,
-                               sink_mode=self.sink_mode)
+__all__ = ["Variant", "candidate_frames", "generate_video", "load_conditioned_backbone", "run_eval", "variants"]
 
 
 @dataclass(frozen=True)
