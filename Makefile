@@ -1,6 +1,7 @@
 # The README's two commands are `make demo` and `make test`. Each creates .venv (unless a
 # virtualenv is already active) and installs the pinned CPU torch wheel before anything else:
-# an unpinned torch would pull gigabytes of CUDA builds.
+# an unpinned torch would pull gigabytes of CUDA builds. `make demo` installs the package alone;
+# `make test` adds the dev and wan extras on top.
 SHELL := /bin/bash
 PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
@@ -12,6 +13,15 @@ VENV := .venv
 endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lrag-installed
+DEV_STAMP := $(VENV)/.lrag-installed-dev
+
+# Why the install is fast (BENCHMARKS.md "make demo"): --no-compile, because compiling every .py of
+# torch to bytecode costs ~40 s of CPU and only what is imported needs it (written on first use);
+# uv for the dependencies (pip resolves and unpacks them in ~2 min on 2 cores, uv in ~20 s). torch
+# comes from pip, which reads pip.conf's local wheel folder (uv does not), so uv finds it installed.
+# Without uv (no network to PyPI, an old platform) pip installs everything.
+PIP_INSTALL := $(BIN)/python -m pip install -q --no-compile
+UV_INSTALL := $(BIN)/uv pip install -q --python $(BIN)/python
 
 .PHONY: setup demo test sample-data bench assets clean
 
@@ -19,12 +29,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,wan]'
+	$(PIP_INSTALL) $(TORCH_PIN)
+	$(PIP_INSTALL) uv || echo "uv not installed: pip installs the rest (slower)"
+	if [ -x $(BIN)/uv ] && $(UV_INSTALL) -e .; then :; else $(PIP_INSTALL) -e .; fi
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	if [ -x $(BIN)/uv ] && $(UV_INSTALL) -e '.[dev,wan]'; then :; else $(PIP_INSTALL) -e '.[dev,wan]'; fi
+	touch $(DEV_STAMP)
+
+setup: $(DEV_STAMP)
 
 ## The main job on the embedded default: the same world with retrieval and natively (both
 ## processes at once, one core each), then runs/<id>-rag-0/compare.{mp4,gif,png} side by side.
@@ -40,7 +54,7 @@ demo: $(STAMP)
 	$(BIN)/lrag demo compare $(DEMO_ID)-rag-0 $(DEMO_ID)-native-0
 
 ## The whole test suite (CI runs exactly this through .ci/run).
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 ## Regenerate the small shipped sample shard set in data/ (deterministic).

@@ -3,7 +3,8 @@
 ``lrag fit|validate|test|predict`` is a LightningCLI (:mod:`lrag.commands.lightning_cli`): model
 and data are composed from YAML by ``class_path``/``init_args``. ``lrag data|memory|export|eval|demo``
 are plain jsonargparse subcommands living in :mod:`lrag.commands`. Nothing heavy is imported here:
-``lrag --help`` must answer without torch, Lightning or LanceDB.
+``lrag --help`` must answer without torch, Lightning or LanceDB; plain ``lrag fit|predict --help``
+is served from a cache of LightningCLI's text (:mod:`lrag.commands.help_cache`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main(args: Sequence[str] | None = None) -> None:
 
 def _dispatch(args: Sequence[str] | None = None) -> None:
     """Run one ``lrag`` command (:func:`main` without the error handling)."""
+    from lrag.commands.help_cache import cached_help, is_plain_help
+
     from_argv = args is None
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):
@@ -66,6 +69,9 @@ def _dispatch(args: Sequence[str] | None = None) -> None:
             f"lrag: unknown command {args[0]!r}; choose one of "
             f"{', '.join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])} (see `lrag --help`)."
         )
+    if is_plain_help(args):  # LightningCLI's help without importing it (but for the first time)
+        print(cached_help(args[0]), end="")
+        return
     from lrag.commands.lightning_cli import run_lightning  # torch + Lightning: seconds to import
 
     # Lightning warns when given both argv and args, so the console script passes None.

@@ -36,8 +36,8 @@ from lrag.data.ground_truth import relevant_frames
 from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import retrieval_scores
-from lrag.eval.runner import (EvalSettings, Variant, _prefix_latents, candidate_frames, generate_video,
-                              load_conditioned_backbone)
+from lrag.eval.runner import Variant, _prefix_latents, candidate_frames, generate_video, load_conditioned_backbone
+from lrag.eval.settings import EvalSettings
 from lrag.memory.bank import RetrievalMemory
 from lrag.memory.retrieval import mmr_topk
 from lrag.checkpoints.embedder import load_embedder

@@ -1,6 +1,7 @@
 """``lrag --help`` and the quick commands import no torch / Lightning (fresh interpreters).
 
 Asserted on ``sys.modules``, not on time: timings live in BENCHMARKS.md (benchmarks/cli_latency.py).
+Plain ``lrag fit|predict --help`` come from the help cache: tests/commands/test_help_cache.py.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def test_importing_the_cli_imports_no_torch_lightning_or_lancedb() -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["data", "--help"], ["memory", "--help"],
                                   ["memory", "sql", "--help"], ["demo", "--help"],
-                                  ["demo", "compare", "--help"], ["eval", "run", "--help"]])
+                                  ["demo", "compare", "--help"], ["eval", "run", "--help"],
+                                  ["eval", "--help"], ["export", "--help"]])
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     assert _heavy_after(args) == []
 

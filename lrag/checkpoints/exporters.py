@@ -1,8 +1,9 @@
 """What ``lrag export`` can export: one :class:`Exporter` per model kind, in one explicit list.
 
 A checkpoint's *content* (never its file name) decides its kind: each exporter's ``matches``
-looks at the read checkpoint dict. :mod:`lrag.commands.export` reads :data:`EXPORTERS`, adds the
-exporters' :class:`Option` s to its parser and dispatches; nothing registers itself.
+looks at the read checkpoint dict. The kinds and their command-line options are plain data in
+:mod:`lrag.checkpoints.export_options` (no torch: ``lrag export --help`` is built from it alone);
+:mod:`lrag.commands.export` dispatches over :data:`EXPORTERS`; nothing registers itself.
 
 * ``embedder``: ``EmbedderModule`` ``.ckpt`` or the reference AE ``.pt``;
 * ``backbone_fit``: ``BackboneFitModule`` ``.ckpt`` (camera-conditioned tiny backbones);
@@ -21,28 +22,11 @@ import torch
 
 from lrag.checkpoints.backbone_fit import BACKBONE_FIT_KIND, export_backbone_fit, is_backbone_fit_checkpoint
 from lrag.checkpoints.embedder import CKPT_CONFIG_KEY, EMBEDDER_KIND, embedder_from_checkpoint, save_embedder
+from lrag.checkpoints.export_options import DEFAULT_GENERATOR_PRESET, GENERATOR_DTYPES
 from lrag.checkpoints.io import CheckpointError, normalize_key
 from lrag.checkpoints.upstream import export_backbone
-from lrag.nets.wan import PRESETS
 
-__all__ = ["EXPORTERS", "Exporter", "Option", "is_generator_checkpoint"]
-
-
-@dataclass(frozen=True)
-class Option:
-    """A command-line option an exporter reads (``--name``); plain data, the CLI builds the parser.
-
-    Attributes:
-        name: Option name without dashes.
-        type: Value type as jsonargparse understands it (e.g. ``str | None``).
-        default: Default value.
-        help: One line; options of the same name from several exporters share one flag.
-    """
-
-    name: str
-    type: Any
-    default: Any
-    help: str
+__all__ = ["EXPORTERS", "Exporter", "is_generator_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +37,11 @@ class Exporter:
         kind: Name shown to the user and accepted by ``--kind``.
         matches: ``checkpoint dict -> bool``: does this checkpoint hold this kind?
         export: ``(checkpoint, source path, out path, options by name) -> summary line``.
-        options: The command-line options ``export`` reads.
     """
 
     kind: str
     matches: Callable[[dict[str, Any]], bool]
     export: Callable[[dict[str, Any], Path, Path, Mapping[str, Any]], str]
-    options: tuple[Option, ...] = ()
-
 
 # -- embedder -------------------------------------------------------------------------------
 def _is_embedder(ckpt: dict[str, Any]) -> bool:
@@ -85,24 +66,13 @@ def _export_backbone_fit(ckpt: dict[str, Any], source: Path, out: Path, options:
     return export_backbone_fit(ckpt, source, out, options.get("preset"), options.get("fit_config"))
 
 
-_BACKBONE_FIT_OPTIONS = (
-    Option("fit_config", str | None, None,
-           "backbone_fit: the `lrag fit` YAML (or Lightning's config.yaml) of a checkpoint that records "
-           "no backbone_config; its model.init_args.backbone config is exported."),
-    Option("preset", str | None, None,
-           "backbone_fit: last resort for a checkpoint without backbone_config and --fit_config: a "
-           f"WanConfig preset, one of {', '.join(PRESETS)}."),
-)
-
-
 # -- generator (upstream) -------------------------------------------------------------------
 GENERATOR_KIND = "generator"
 #: Entries of an upstream training checkpoint that may hold the generator's weights.
 GENERATOR_ENTRIES = ("generator_ema", "generator", "model")
 #: Keys every Wan backbone has (after wrapper prefixes are stripped).
 _WAN_MARKERS = ("patch_embedding.weight", "blocks.0.self_attn.q.weight")
-DEFAULT_PRESET = "wan_1_3b"
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPES = {name: getattr(torch, name) for name in GENERATOR_DTYPES}
 
 
 def is_generator_checkpoint(ckpt: dict[str, Any]) -> bool:
@@ -120,7 +90,7 @@ def _export_generator(ckpt: dict[str, Any], source: Path, out: Path, options: Ma
     dtype_name = options.get("dtype") or "bfloat16"
     if dtype_name not in _DTYPES:
         raise CheckpointError(f"--dtype {dtype_name!r}: choose one of {', '.join(_DTYPES)}")
-    preset = options.get("preset") or DEFAULT_PRESET
+    preset = options.get("preset") or DEFAULT_GENERATOR_PRESET
     prefer_ema = options.get("prefer_ema", True)
     prefer_ema = True if prefer_ema is None else bool(prefer_ema)
     lora = options.get("lora")
@@ -135,21 +105,9 @@ def _export_generator(ckpt: dict[str, Any], source: Path, out: Path, options: Ma
     return f"generator: '{used}' weights{merged}, preset {preset}, {dtype_name} -> {written.name}"
 
 
-_GENERATOR_OPTIONS = (
-    Option("lora", str | None, None,
-           "generator: LongLive LoRA adapter file ({'generator_lora': ...} or a bare adapter dict); merged "
-           "into the base weights as W + (alpha/r) B A."),
-    Option("lora_alpha", float | None, None, "generator: LoRA alpha; default alpha = rank (LongLive's scaling 1)."),
-    Option("prefer_ema", bool, True, "generator: use 'generator_ema' when the checkpoint has it (else 'generator')."),
-    Option("dtype", str, "bfloat16", f"generator: stored dtype, one of {', '.join(_DTYPES)}."),
-    Option("preset", str | None, None,
-           f"generator: the WanConfig preset describing the architecture (default {DEFAULT_PRESET}, the "
-           "Wan2.1-T2V-1.3B backbone)."),
-)
-
-#: Every exportable kind, in the order ``--kind`` lists them and options are added.
+#: Every exportable kind, in the order of :data:`~lrag.checkpoints.export_options.EXPORT_OPTIONS`.
 EXPORTERS: tuple[Exporter, ...] = (
     Exporter(EMBEDDER_KIND, _is_embedder, _export_embedder),
-    Exporter(BACKBONE_FIT_KIND, is_backbone_fit_checkpoint, _export_backbone_fit, _BACKBONE_FIT_OPTIONS),
-    Exporter(GENERATOR_KIND, is_generator_checkpoint, _export_generator, _GENERATOR_OPTIONS),
+    Exporter(BACKBONE_FIT_KIND, is_backbone_fit_checkpoint, _export_backbone_fit),
+    Exporter(GENERATOR_KIND, is_generator_checkpoint, _export_generator),
 )

@@ -18,49 +18,22 @@ from typing import Sequence
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from lrag.eval.settings import EvalSettings
+
 # lrag.eval.runner and run_report import torch (seconds): imported where they are used, so
-# `lrag eval run --help` answers at once.
+# `lrag eval --help` and `lrag eval run --help` answer at once (EvalSettings is torch-free).
 
 __all__ = ["build_parser", "build_run_parser", "main", "main_run"]
-
-_HELP = {
-    "seeds": "World seeds to evaluate (must not be training worlds).",
-    "num_frames": "Latent frames generated per world (a multiple of frames_per_block).",
-    "backbone_preset": "Tiny backbone preset (lrag.nets.wan).",
-    "backbone_checkpoint": "Backbone-fit weights: `lrag export` .safetensors, asset:<file> (shipped) or a "
-                           "BackboneFitModule .ckpt; null = random initialisation of backbone_preset.",
-    "backbone_fit_config": "`lrag fit` YAML of a .ckpt that records no backbone_config (older checkpoints).",
-    "camera": "Camera conditioning of the checkpoint: none | motion | position (must match training).",
-    "text_len": "Prompt tokens of the TinyTextEncoder (as in training).",
-    "budgets": "Attention budget modes to compare: replace and/or add.",
-    "descriptors": "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>, "
-                   "gen_keys[:<layers>][:queries] (the backbone's own pooled keys, e.g. gen_keys:0,1); "
-                   "avg_pool and ae:<path> may end in +rerank<M> (shortlist M, re-ranked by generator keys).",
-    "key_layers": "Backbone layers of gen_keys without :<layers> and of +rerank (negative: from the last).",
-    "key_query": "gen_keys query side: keys (newest frame's pooled keys) or queries (its pooled queries).",
-    "memory_position": "RoPE time of retrieved frames: zero (the sink's, as trained) | slot | ordered "
-                       "(slots before the local window, oldest retrieved frame first).",
-    "workers": "Processes, each evaluating a share of the worlds (results do not depend on it).",
-    "diversity": "MMR weight of the cosine top-K (0 = plain top-K; higher skips near-duplicates of a pick).",
-    "sink_mode": "blank (a zero block is the sink, as in training) | first.",
-    "train_seeds": "Extra seeds known to be training worlds (checked against seeds).",
-    "sink_swap": "Sink-swap check: a world seed (not evaluated) whose first frame replaces the blank sink "
-                 "frame in every variant; null = blank sink as in training.",
-    "out_dir": "Folder for report.md, report.json, plots and tb/.",
-    "device": "Torch device, e.g. cpu or cuda.",
-}
 
 
 def build_parser() -> ArgumentParser:
     """The ``lrag eval`` parser: one option per :class:`EvalSettings` field, plus ``--config``."""
-    from lrag.eval.runner import EvalSettings
-
     parser = ArgumentParser(prog="lrag eval", description=__doc__.splitlines()[0], exit_on_error=True,
                             epilog="For one stored run (no ground truth): lrag eval run RUN_ID --help")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with these options.")
     defaults, hints = EvalSettings(), typing.get_type_hints(EvalSettings)
     for f in dataclasses.fields(EvalSettings):
-        help_text = _HELP.get(f.name, f"See EvalSettings.{f.name} (as in training).")
+        help_text = f.metadata["help"]
         if hints[f.name] == list[int]:  # `--seeds 1000 1001` as well as `--seeds [1000,1001]`
             parser.add_argument(f"--{f.name}", type=int, nargs="+", default=getattr(defaults, f.name),
                                 help=help_text)
@@ -107,10 +80,10 @@ def main(args: Sequence[str] | None = None) -> None:
     if args and args[0] == "run":
         main_run(args[1:])
         return
-    from lrag.eval.runner import EvalSettings, run_eval
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = build_parser().parse_args(args)
+    cfg = build_parser().parse_args(args)  # --help and bad options end here, before torch is imported
+    from lrag.eval.runner import run_eval
+
     fields = {f.name for f in dataclasses.fields(EvalSettings)}
     settings = EvalSettings(**{k: v for k, v in vars(cfg).items() if k in fields})
     _, paths = run_eval(settings)

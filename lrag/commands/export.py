@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from jsonargparse import ArgumentParser, Namespace
 
-from lrag.checkpoints.exporters import EXPORTERS, Exporter, Option
-from lrag.checkpoints.io import CheckpointError, read_checkpoint
+from lrag.checkpoints.export_options import EXPORT_OPTIONS, Option
+
+if TYPE_CHECKING:
+    from lrag.checkpoints.exporters import Exporter
+
+# lrag.checkpoints.exporters and .io import torch (seconds): imported where a checkpoint is read,
+# so `lrag export --help` is built from the plain option table and answers at once.
 
 log = logging.getLogger(__name__)
 
-KINDS = tuple(e.kind for e in EXPORTERS)
+KINDS = tuple(EXPORT_OPTIONS)
 
 
 def _options() -> dict[str, Option]:
     """Every exporter option once; a name several exporters read gets their helps joined."""
     merged: dict[str, Option] = {}
-    for exporter in EXPORTERS:
-        for opt in exporter.options:
+    for options in EXPORT_OPTIONS.values():
+        for opt in options:
             if opt.name in merged:
                 first = merged[opt.name]
                 opt = Option(opt.name, first.type, first.default, f"{first.help} {opt.help}")
@@ -34,7 +39,7 @@ def _options() -> dict[str, Option]:
 
 
 def build_parser() -> ArgumentParser:
-    """The ``lrag export`` argument parser (kind-specific options come from the exporters)."""
+    """The ``lrag export`` argument parser (kind-specific options come from :data:`EXPORT_OPTIONS`)."""
     parser = ArgumentParser(
         prog="lrag export",
         description="Export a checkpoint (Lightning .ckpt or an upstream .pt) to safetensors with "
@@ -51,6 +56,9 @@ def build_parser() -> ArgumentParser:
 
 def select_exporter(ckpt: dict[str, Any], source: Path, kind: str | None = None) -> Exporter:
     """The exporter for ``kind``, or the one whose ``matches`` accepts ``ckpt``."""
+    from lrag.checkpoints.exporters import EXPORTERS
+    from lrag.checkpoints.io import CheckpointError
+
     if kind is not None:
         for exporter in EXPORTERS:
             if exporter.kind == kind:
@@ -73,6 +81,8 @@ def export(ckpt_path: str | Path, out: str | Path, kind: str | None = None,
     Raises:
         CheckpointError: Unreadable (pickle-only), unrecognised or mismatched checkpoints.
     """
+    from lrag.checkpoints.io import CheckpointError, read_checkpoint
+
     source, out = Path(ckpt_path), Path(out)
     if out.suffix != ".safetensors":
         raise CheckpointError(f"output {out}: use a .safetensors file name")
@@ -88,7 +98,9 @@ def export(ckpt_path: str | Path, out: str | Path, kind: str | None = None,
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``lrag export``."""
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    cfg = parser.parse_args(args)  # --help and bad options end here, before torch is imported
+    from lrag.checkpoints.io import CheckpointError
+
     try:
         summary = export(cfg.ckpt, cfg.out, cfg.kind, cfg)
     except (CheckpointError, FileNotFoundError) as err:

@@ -123,6 +123,7 @@ def run_lightning(args: Sequence[str] | None) -> LragCLI:
         args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
         # Raise instead of exiting, so parse_arguments can explain the error (key, file, fix).
-        parser_kwargs={"exit_on_error": False},
+        # prog: "usage: lrag predict" whatever started Python (console script, -m, tests).
+        parser_kwargs={"exit_on_error": False, "prog": "lrag"},
         auto_configure_optimizers=True,
     )

@@ -29,7 +29,7 @@ import math
 import multiprocessing
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from lrag.data.world_datamodule import render_world
 from lrag.eval.functional import revisit_errors, revisit_errors_by_gap
 from lrag.eval.metrics import LandmarkIdentityDrift, QualityDrift, RetrievalPrecisionRecall, RevisitConsistency
 from lrag.eval.report import BASELINE, ReportPaths, RunResult, write_report
+from lrag.eval.settings import EvalSettings, descriptor_spec
 from lrag.assets import ASSET_PREFIX, resolve_asset
 from lrag.checkpoints.backbone_fit import INFERENCE_KNOBS, build_conditioned, load_backbone_fit, read_backbone_fit
 from lrag.memory.bank import RetrievalMemory
@@ -53,65 +54,11 @@ from lrag.nets.wan import build_tiny
 from lrag.sampling.prefix import blank_block, condition_on_camera
 from lrag.sampling.sampler import ARSampler, SeededNoise
 from lrag.sampling.schedule import FlowMatchSchedule
-from lrag.sampling.settings import SamplerSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Variant", "candidate_frames", "eval_worlds", "generate_video", "load_conditioned_backbone",
-           "run_eval", "variants"]
-
-
-@dataclass
-class EvalSettings:
-    """Everything one ``lrag eval`` run needs (the CLI fills it from YAML and flags)."""
-
-    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
-    num_frames: int = 48
-    backbone_preset: str = "tiny"
-    backbone_checkpoint: str | None = None
-    backbone_fit_config: str | None = None
-    camera: str = "motion"
-    text_len: int = 8
-    frames_per_block: int = 3
-    window: int = 10
-    sink: int = 1
-    memory_size: int = 2
-    recent_exclude: int = 1
-    budgets: list[str] = field(default_factory=lambda: ["replace"])
-    positions: str = "slot"
-    memory_position: str = "zero"
-    sink_mode: str = "blank"
-    descriptors: list[str] = field(default_factory=lambda: ["avg_pool", "oracle"])
-    diversity: float = 0.0  # MMR weight of the cosine top-K (RetrievalMemory.diversity); 0 = plain top-K
-    key_layers: list[int] = field(default_factory=lambda: [-1])  # gen_keys / +rerank layers (no :layers)
-    key_query: str = "keys"  # gen_keys query side: the newest frame's pooled keys or queries
-    workers: int = 1  # processes, one world at a time each; results do not depend on it
-    shift: float = 5.0
-    denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
-    height: int = 8
-    width: int = 8
-    channels: int = 16
-    revisit_min: int = 16
-    revisit_max: int = 40
-    train_seeds: list[int] = field(default_factory=list)
-    sink_swap: int | None = None
-    out_dir: str = "runs/eval"
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"eval workers={self.workers}: must be >= 1.")
-        for desc in self.descriptors:
-            if desc != "oracle":
-                _descriptor_spec(desc, self)  # a typo fails before any video is generated
-        for budget in self.budgets:  # the sampler knobs are checked where they are declared
-            self.sampler_settings(budget).check_length(self.num_frames)
-
-    def sampler_settings(self, budget: str) -> SamplerSettings:
-        """The :class:`SamplerSettings` of one budget arm (the other knobs are shared)."""
-        return SamplerSettings(frames_per_block=self.frames_per_block, window=self.window, sink=self.sink,
-                               budget=budget, positions=self.positions, memory_position=self.memory_position,
-                               sink_mode=self.sink_mode)
+__all__ = ["Variant", "candidate_frames", "eval_worlds", "generate_video", "load_conditioned_backbone", "run_eval",
+           "variants"]
 
 
 @dataclass(frozen=True)
@@ -185,36 +132,6 @@ def _check_heldout(s: EvalSettings, data_hp: dict[str, Any], path: Path) -> None
         )
 
 
-_GEN_KEYS = re.compile(r"gen_keys(?::(-?\d+(?:,-?\d+)*))?(?::(keys|queries))?")
-
-
-def _descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
-    """``RetrievalMemory`` keyword arguments of a content descriptor string (see the module doc)."""
-    base, *tails = desc.split("+")
-    kw: dict[str, Any] = {"key_layers": list(s.key_layers), "key_query": s.key_query}
-    for tail in tails:
-        if m := re.fullmatch(r"stride(\d+)", tail):  # RetrievalMemory.store_stride: any descriptor
-            kw["store_stride"] = int(m.group(1))
-            continue
-        m = re.fullmatch(r"rerank(\d+)", tail)
-        if m is None or base.startswith("gen_keys"):
-            raise ValueError(f"descriptors: {desc!r}: suffixes are +rerank<M> (after avg_pool or ae:<path>, "
-                             "e.g. avg_pool+rerank8) and +stride<N> (keep every N-th evicted frame).")
-        kw["rerank"] = int(m.group(1))
-    keys = _GEN_KEYS.fullmatch(base)
-    if keys is not None:
-        if keys.group(1):
-            kw["key_layers"] = [int(i) for i in keys.group(1).split(",")]
-        kw["key_query"] = keys.group(2) or s.key_query
-        return {"descriptor": "gen_keys", **kw}
-    if base.startswith("ae:"):
-        return {"descriptor": "ae", "embedder_path": resolve_asset(base[3:], f"descriptors: {desc}"), **kw}
-    if base != "avg_pool":
-        raise ValueError(f"descriptors: {desc!r} is unknown; use avg_pool, oracle, ae:<path>, "
-                         "gen_keys[:<layers>][:queries], optionally +rerank<M>.")
-    return {"descriptor": "avg_pool", **kw}
-
-
 def _memory(s: EvalSettings, v: Variant) -> RetrievalMemory:
     if v.descriptor is None:
         return RetrievalMemory(0, s.recent_exclude, kv_tier="device")
@@ -222,7 +139,7 @@ def _memory(s: EvalSettings, v: Variant) -> RetrievalMemory:
         return GroundTruthMemory(s.memory_size, s.recent_exclude, s.frames_per_block, (s.height, s.width),
                                  revisit_fraction=1.0, kv_tier="device")
     return RetrievalMemory(s.memory_size, s.recent_exclude, kv_tier="device", diversity=s.diversity,
-                           **_descriptor_spec(v.descriptor, s))
+                           **descriptor_spec(v.descriptor, s))
 
 
 def _prefix(s: EvalSettings) -> int:

@@ -1,7 +1,7 @@
 """Attention maths of the DiTs: scaled dot-product attention and RoPE over (time, row, col).
 
 The attended sequence and its positions are decided by :class:`lrag.nets.kv_cache.KVCache`
-under an :class:`lrag.nets.kv_cache.AttentionPolicy`; this module only computes.
+under an :class:`lrag.nets.policy.AttentionPolicy`; this module only computes.
 
 Head dims are split per axis as Wan does (``d - 4(d//6)`` time, ``2(d//6)`` row, ``2(d//6)``
 col) and rotated in float64; positions may be fractional (per-frame spatial offsets).

@@ -19,7 +19,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from lrag.nets.attention import apply_rope, attention, grid_positions, rope_freqs
-from lrag.nets.kv_cache import AttentionPolicy, EvictedKV, KVCache, MemoryKV
+from lrag.nets.kv_cache import EvictedKV, KVCache, MemoryKV
+from lrag.nets.policy import AttentionPolicy
 
 __all__ = ["PRESETS", "TINY_PRESETS", "CausalWanModel", "WanConfig", "build_tiny", "golden_tiny", "preset_config",
            "tiny", "tiny_config", "wan_1_3b"]

@@ -12,7 +12,8 @@ from lrag.cli import main as lrag_main
 from lrag.commands.export import build_parser, export, select_exporter
 from lrag.checkpoints.io import CheckpointError
 from lrag.checkpoints.lora import lora_target_modules
-from lrag.checkpoints.exporters import is_generator_checkpoint
+from lrag.checkpoints.export_options import EXPORT_OPTIONS, GENERATOR_DTYPES
+from lrag.checkpoints.exporters import EXPORTERS, is_generator_checkpoint
 from lrag.nets.wan import PRESETS, CausalWanModel
 
 
@@ -96,3 +97,10 @@ def test_detection_and_errors(tmp_path, upstream) -> None:
         lrag_main(["export", str(ckpt), str(tmp_path / "y.safetensors"), "--preset", "tiny",
                    "--lora", str(ckpt)])
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_the_option_table_names_every_exporter_preset_and_dtype() -> None:
+    assert tuple(e.kind for e in EXPORTERS) == tuple(EXPORT_OPTIONS)
+    backbone_preset = next(o for o in EXPORT_OPTIONS["backbone_fit"] if o.name == "preset")
+    assert all(name in backbone_preset.help for name in PRESETS)
+    assert all(hasattr(torch, name) and isinstance(getattr(torch, name), torch.dtype) for name in GENERATOR_DTYPES)

@@ -14,7 +14,8 @@ from lrag.assets import asset_path
 from lrag.commands.export import main as export_main
 from lrag.data.world_config import WorldConfig
 from lrag.data.world_datamodule import render_world
-from lrag.eval.runner import EvalSettings, Variant, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
+from lrag.eval.runner import Variant, candidate_frames, generate_video, _prefix_latents, load_conditioned_backbone, run_eval, variants
+from lrag.eval.settings import EvalSettings
 from lrag.modules.backbone_fit import BackboneFitModule
 from lrag.nets.conditioning import TinyTextEncoder
 from lrag.nets.wan import build_tiny
