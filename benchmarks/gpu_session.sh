@@ -68,7 +68,7 @@ run_step() {
 # LRAG_GPU_STEPS picks the steps (default: tiers$SHORT long$LONG), so one session can be split
 # over several device calls of at most 10 minutes each:
 #   tiersN   every KV tier at N frames, incl. store_stride 5 for int8/host, with a profile per mode
-#   longN    native vs the bounded tiers (int8:5, host:10) at N frames, e.g. long960
+#   longN    native vs the bounded tiers (LRAG_LONG_TIERS, default "int8:5 host:10") at N frames, e.g. long960
 #   embedder the frame embedder fit of issue 6
 STEPS=${LRAG_GPU_STEPS:-"tiers$SHORT long$LONG"}
 for step in $STEPS; do
