@@ -82,7 +82,7 @@ for step in $STEPS; do
             # evicted frame (126 GiB at 480, 252 GiB at 960): more than the card or the host holds.
       n=${step#long}
       run_step predict_wan_$n 560 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
-        --frames "$n" --modes native rag --kv-tier int8:5 host:10 \
+        --frames "$n" --modes native rag --kv-tier ${LRAG_LONG_TIERS:-int8:5 host:10} \
         --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$n.json" ;;
     embedder)
       EMB_ARGS=(--device "$DEVICE")
