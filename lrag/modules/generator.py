@@ -34,16 +34,16 @@ from lrag.checkpoints.generator import load_generator_weights
 from lrag.checkpoints.io import checkpoint_hash
 from lrag.data.prompts import WorldSpec
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.schema import RunInfo, StoreError
+from lrag.memory.schema import RunInfo
 from lrag.memory.store import MemoryStore
-from lrag.runs.lease import LeaseHeldError, RunLease
-from lrag.runs.lifecycle import check_new_run_folder, compact_after_run, lease_for_resume, mark_failed
+from lrag.runs.lifecycle import (check_new_run_folder, claim_run_folder, compact_after_run, mark_failed,
+                                 open_resumed_run)
 from lrag.runs.outputs import RunOutputs
 from lrag.runs.persist import BlockPersister, hand_over
 from lrag.runs.progress import progress_bar
-from lrag.runs.resume import VideoRun, check_resume_config, check_run_folder
+from lrag.runs.resume import VideoRun
 from lrag.runs.rows import descriptor_tag, shift_result
-from lrag.runs.truth import truncate_meta, truth_digest, world_from_meta
+from lrag.runs.truth import check_world, truncate_meta, truth_digest
 from lrag.runs.writer import BlockWriter
 from lrag.sampling.prefix import blank_block, condition_on_camera
 from lrag.sampling.prompts import context_schedule, effective_schedule
@@ -302,56 +302,15 @@ class GeneratorModule(L.LightningModule):
             prompts=list(dict.fromkeys(e["prompt"] for e in schedule)) or [prompt],
             prompt_schedule=schedule,
         ))
-        lease = None
-        try:
-            outputs = self._outputs(run_id, prompt, seed)
-            lease = RunLease(outputs.dir, run_id)
-            lease.acquire()
-            outputs.write_config(config)
-            if truth is not None:
-                outputs.write_ground_truth(truth)
-        except LeaseHeldError as err:
-            # Another process started a run of this id at the same instant (both passed the
-            # store's check): it owns the folder; marking the id failed would hit its run.
-            raise StoreError(f"{err} Two processes started run {run_id!r} at once; give "
-                             "concurrent starts distinct run_name values.") from None
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            mark_failed(self._store, run_id)
-            raise
+        outputs = self._outputs(run_id, prompt, seed)
+        lease = claim_run_folder(self._store, outputs, config, truth)
         return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
                         schedule=schedule, lease=lease)
 
     def _resumed_run(self, run_id: str) -> VideoRun:
-        info = self._store.get_run(run_id)
-        if info is None:
-            raise SystemExit(f"--resume {run_id}: no such run in {self.hparams.store_uri}; "
-                             "list runs with `lrag memory runs`.")
-        if info["status"] == "complete":
-            raise SystemExit(f"--resume {run_id}: the run is already complete.")
-        check_resume_config(info, self._config_yaml(),
-                            lambda: self.checkpoint_hashes()["backbone_weights"], self.hparams.out_dir)
-        run_dir = Path(self.hparams.out_dir) / run_id
-        lease = lease_for_resume(run_dir, run_id, self.hparams.out_dir)
-        try:
-            prompt, seed = info["prompts"][0], int(info["seed"])
-            check_run_folder(info, run_dir)  # world.json and config.yaml are the run's own
-            outputs = self._outputs(run_id, prompt, seed)
-            done = self._store.completed_blocks(run_id)
-            outputs.drop_blocks_from(done)
-            latents = outputs.read_blocks(done)
-            log.info("resuming %s after %d finished blocks", run_id, done)
-            self._store.set_status(run_id, "running")
-            resume = latents[None].to(self.device) if done else None
-            truth = outputs.read_ground_truth()
-        except BaseException:
-            lease.release()
-            raise
-        return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
-                        world=world_from_meta(truth) if truth is not None else None,
-                        schedule=list(info["prompt_schedule"]), done_blocks=done,
-                        resume_latents=resume, lease=lease)
+        return open_resumed_run(self._store, run_id, self.hparams.out_dir, self._config_yaml(),
+                                lambda: self.checkpoint_hashes()["backbone_weights"], self._outputs,
+                                self.device)
 
     @property
     def prefix(self) -> int:
@@ -359,19 +318,7 @@ class GeneratorModule(L.LightningModule):
         return self.sampling.prefix
 
     def _check_world(self, world: WorldSpec | None) -> None:
-        """Refuse a video whose camera path does not fit the backbone or the length."""
-        camera = getattr(self.backbone, "camera", "none")
-        if world is None:
-            if camera != "none":
-                raise ValueError(
-                    f"the backbone is camera-conditioned (camera={camera!r}) and needs a camera path per "
-                    "video: use data: class_path: lrag.data.prompts.WorldPromptDataModule."
-                )
-            return
-        n = self.hparams.num_frames
-        if world.positions.shape[0] < n:
-            raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
-                             f"the video has {n}; raise data.init_args.num_frames.")
+        check_world(world, getattr(self.backbone, "camera", "none"), self.hparams.num_frames)
 
     def _set_world(self, world: WorldSpec | None) -> None:
         """Give the backbone (and a ground-truth memory) the camera of every frame of the video."""
