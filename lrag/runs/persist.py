@@ -89,7 +89,7 @@ def hand_over(result: BlockResult, frames: Tensor, pool_frames: int, kv_bytes: i
         descriptors=None if result.descriptors is None else to_host(result.descriptors))
     ready = None
     if result.latents.device.type == "cuda":
-        ready = torch.cuda.Event()
+        ready = torch.cuda.Event(blocking=True)  # the writer sleeps on it instead of spinning a core
         ready.record(torch.cuda.current_stream(result.latents.device))
     return HostBlock(host, to_host(frames[0]), pool_frames, kv_bytes, ready)
 
