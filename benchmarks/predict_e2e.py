@@ -23,6 +23,7 @@ Steady = blocks >= 5. The host ring of the host tier is reserved before any cloc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import statistics
@@ -172,6 +173,12 @@ def throughput(args: argparse.Namespace, out: Path) -> list[dict]:
                 run = end_to_end(module, trainer, dm, device, 0 if mode == "sync" else args.queue_depth, mode)
             runs.append({**run, "repeat": repeat})
             log.info("%s: %.3f latent frames/s (loop)", mode, run["loop_frames_per_s"])
+    module.to("cpu")
+    module.memory.release_storage()  # the memory config's peak must not count this model's leftovers
+    del cli, module, trainer, dm
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     for run in runs:
         base = next(r for r in runs if r["mode"] == "bare" and r["repeat"] == run["repeat"])
         run["loop_vs_bare"] = run["loop_frames_per_s"] / base["loop_frames_per_s"]
@@ -193,8 +200,9 @@ def memory_run(args: argparse.Namespace, out: Path) -> dict:
     device = _device(trainer)
     dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
     reserve_ring(module, module.hparams.num_frames, device, dtype)  # pinned before the clock, as above
+    before = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
     run = end_to_end(module, trainer, dm, device, module.hparams.persist_queue, "24gb-config")
-    return {**run, "config": args.memory_config, "codec": type(module.codec).__name__,
+    return {**run, "allocated_before_gib": before, "config": args.memory_config, "codec": type(module.codec).__name__,
             "text_encoder": "TinyTextEncoder + umT5-XXL-sized ballast (11.4 GB bf16)",
             "text_encoder_offload": bool(module.hparams.text_encoder_offload)}
 

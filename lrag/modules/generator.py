@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
@@ -335,7 +334,7 @@ class GeneratorModule(L.LightningModule):
         self._set_world(run.world)
         self.memory.exclude_before(p)
         if run.resume_latents is not None:
-            run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
+            run.outputs.write_video_frames(self.codec.decode(run.resume_latents)[0].cpu().numpy())
         if not p:
             return run.resume_latents
         blank = blank_block(1, p, self.channels, hp.height, hp.width, self.device)
@@ -368,11 +367,9 @@ class GeneratorModule(L.LightningModule):
             try:
                 if writer is not None:
                     writer.close()  # every block handed over is written before the run is failed
+                run.outputs.abort()
             finally:
-                try:
-                    run.outputs.abort()
-                finally:
-                    mark_failed(store, run.run_id)
+                mark_failed(store, run.run_id)
             raise
         finally:
             if writer is not None:
@@ -394,10 +391,6 @@ class GeneratorModule(L.LightningModule):
                               log_metrics)
 
     # -- per block -------------------------------------------------------------------------
-    def _decode(self, latents: Tensor) -> np.ndarray:
-        """uint8 ``[B, T, H', W', 3]`` frames of ``[B, F, C, H, W]`` latents."""
-        return self.codec.decode(latents).cpu().numpy()
-
     def _on_block(self, run: VideoRun, result: BlockResult, writer: BlockWriter) -> None:
         """Decode the block on the device and hand it to the writer; no device sync here (the
         NaN/Inf check runs in the writer, before anything of the block is written)."""
