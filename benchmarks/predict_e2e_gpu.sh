@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# `lrag predict` end to end at full size (random weights) on one GPU, native and RAG, with
+# `lrag predict` end to end at full size (random weights) on one GPU: first benchmarks/predict_e2e.py
+# (bare sampler vs `lrag predict` with sync and async persistence, frames/s and e2e/bare ratios, and the
+# <= 24 GB config's peak GPU memory; issue 11 targets 4 and 5), then the CLI itself, native and RAG, with
 # what the GPU image lacks carried in .devcarry/ (lancedb as an xz-packed site folder, since its
 # 75 MB wheel exceeds the 64 MiB carry limit; pure-Python wheels). Run from the repo root.
 # Build .devcarry/ (git-ignored) on the dev machine first, e.g.:
@@ -8,11 +10,16 @@
 #   the same `pip download` into .devcarry/whl for: jsonargparse docstring-parser typeshed-client
 #   webdataset braceexpand deprecation overrides lance-namespace lance-namespace-urllib3-client
 #   pydantic pydantic-core annotated-types typing-inspection
+#   optional, for the 24 GB config's random Wan VAE (else it decodes with LinearRGBCodec and says so):
+#   diffusers (pure Python; needs huggingface_hub, regex, importlib_metadata, filelock in the image)
 set -uo pipefail
 OUT=${OUT:-./gpu_out}; mkdir -p "$OUT" /tmp/site /tmp/site2
 tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 .devcarry/whl/*.whl > "$OUT/pip.log" 2>&1
 export PYTHONPATH=/tmp/site2:/tmp/site:$PWD PYTHONUNBUFFERED=1
+timeout 560 python3 benchmarks/predict_e2e.py --json "$OUT/e2e.json" --out "$OUT/e2e" > "$OUT/e2e.md" 2> "$OUT/e2e.log"
+echo "predict_e2e: exit $?"; cat "$OUT/e2e.md"
+[ "${LRAG_E2E_ONLY:-0}" = 1 ] && exit 0
 LRAG=(python3 -c "import sys; from lrag.cli import main; sys.argv[0] = 'lrag'; main()")
 OV=(--model.init_args.backbone_checkpoint null --model.init_args.memory.init_args.descriptor avg_pool
     --model.init_args.memory.init_args.embedder_path null --model.init_args.memory.init_args.kv_tier device

@@ -2,9 +2,11 @@
 
 The module is glue: the AR block loop is :class:`lrag.sampling.sampler.ARSampler`; the network,
 memory, text encoder, codec and schedule are injected by ``class_path`` from YAML. What lives
-here is *persistence*: every finished block goes to disk (shard + float32 state), to the LanceDB
-store (frames + retrievals rows) and to TensorBoard before the next block starts, so a killed
-run loses no finished block and ``lrag predict ... --resume RUN_ID`` continues it bit-identically.
+here is the run's life: every finished block is handed to a background writer
+(:mod:`lrag.runs.writer`, :mod:`lrag.runs.persist`) that puts it on disk (shard + float32 state),
+in the LanceDB store (frames + retrievals rows) and in TensorBoard, in order, while the GPU goes
+on with the next block; a finished or interrupted run loses no handed-over block and ``lrag
+predict ... --resume RUN_ID`` continues it bit-identically.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import functools
 import hashlib
 import logging
 import re
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
@@ -31,16 +33,17 @@ from lrag.checkpoints.generator import load_generator_weights
 from lrag.checkpoints.io import checkpoint_hash
 from lrag.data.prompts import WorldSpec
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.schema import RunInfo, StoreError
+from lrag.memory.schema import RunInfo
 from lrag.memory.store import MemoryStore
-from lrag.runs.faults import check_finite
-from lrag.runs.lease import LeaseHeldError, RunLease
-from lrag.runs.lifecycle import check_new_run_folder, compact_after_run, lease_for_resume, mark_failed
+from lrag.runs.lifecycle import (check_new_run_folder, claim_run_folder, compact_after_run, mark_failed,
+                                 open_resumed_run)
 from lrag.runs.outputs import RunOutputs
+from lrag.runs.persist import BlockPersister, hand_over
 from lrag.runs.progress import progress_bar
-from lrag.runs.resume import VideoRun, check_resume_config, check_run_folder
-from lrag.runs.rows import frame_rows, retrieval_rows, shift_result
-from lrag.runs.truth import truncate_meta, truth_digest, world_from_meta
+from lrag.runs.resume import VideoRun
+from lrag.runs.rows import descriptor_tag, shift_result
+from lrag.runs.truth import check_world, truncate_meta, truth_digest
+from lrag.runs.writer import BlockWriter
 from lrag.sampling.prefix import blank_block, condition_on_camera
 from lrag.sampling.prompts import context_schedule, effective_schedule
 from lrag.sampling.sampler import ARSampler, BlockResult, SeededNoise
@@ -86,6 +89,14 @@ class GeneratorModule(L.LightningModule):
         embedder_checkpoint: Frame embedder for ``descriptor: ae`` memories (``asset:<file>``
             allowed); ``None`` leaves the memory's own ``embedder_path``.
         progress: Show a per-video progress bar (blocks done, frames/s) on stderr.
+        persist_queue: Finished blocks that may wait for the background writer (block files,
+            video, store rows) while the GPU samples on; the sampler waits only when the queue
+            is full. ``0`` persists every block synchronously inside the loop (debugging,
+            comparing outputs: both modes write the same bytes). A writer failure stops the run
+            at the next block with one error naming the file or table.
+        text_encoder_offload: Keep the text encoder on the CPU except while it encodes a video's
+            prompts (then moved to the GPU and back, and the GPU cache emptied): umT5-XXL's
+            ~11 GB are not resident while sampling (the <= 24 GB config).
     """
 
     def __init__(
@@ -108,6 +119,8 @@ class GeneratorModule(L.LightningModule):
         backbone_checkpoint: str | None = None,
         embedder_checkpoint: str | None = None,
         progress: bool = True,
+        persist_queue: int = 2,
+        text_encoder_offload: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "memory", "text_encoder", "codec",
@@ -117,6 +130,9 @@ class GeneratorModule(L.LightningModule):
         self.hparams.update(dataclasses.asdict(self.sampling))
         self.sampling.check_length(num_frames, "GeneratorModule.num_frames")
         self.sampling.policy(memory.memory_size)  # a window too small for K fails here, not mid-run
+        if not isinstance(persist_queue, int) or persist_queue < 0:
+            raise ValueError(f"GeneratorModule: persist_queue={persist_queue!r}; use an int >= 0 "
+                             "(blocks waiting for the writer; 0 = write synchronously).")
         if run_name is not None and not _RUN_NAME.match(run_name):
             raise ValueError(f"GeneratorModule: run_name={run_name!r}; use letters, digits, '_' "
                              "and '-' only (it becomes a directory and a shard key).")
@@ -182,6 +198,21 @@ class GeneratorModule(L.LightningModule):
     def on_predict_start(self) -> None:  # noqa: D102
         self._store = MemoryStore(self.hparams.store_uri)
         self._video_index = 0
+        if self.hparams.text_encoder_offload:
+            self.text_encoder.to("cpu")  # Lightning moved it to the GPU with the module
+
+    def _encode(self, schedule: list[dict]) -> tuple[Tensor, Any]:
+        """Contexts of a video's prompts; with ``text_encoder_offload`` the encoder visits the GPU
+        only for this call."""
+        offload = self.hparams.text_encoder_offload and self.device.type == "cuda"
+        if offload:
+            self.text_encoder.to(self.device)
+        try:
+            return context_schedule(schedule, self.text_encoder, self.prefix, self.device)
+        finally:
+            if offload:
+                self.text_encoder.to("cpu")
+                torch.cuda.empty_cache()  # hand the encoder's blocks back before sampling
 
     def _config_yaml(self) -> str:
         """The resolved config of this process (LightningCLI's), else the module's knobs."""
@@ -270,56 +301,15 @@ class GeneratorModule(L.LightningModule):
             prompts=list(dict.fromkeys(e["prompt"] for e in schedule)) or [prompt],
             prompt_schedule=schedule,
         ))
-        lease = None
-        try:
-            outputs = self._outputs(run_id, prompt, seed)
-            lease = RunLease(outputs.dir, run_id)
-            lease.acquire()
-            outputs.write_config(config)
-            if truth is not None:
-                outputs.write_ground_truth(truth)
-        except LeaseHeldError as err:
-            # Another process started a run of this id at the same instant (both passed the
-            # store's check): it owns the folder; marking the id failed would hit its run.
-            raise StoreError(f"{err} Two processes started run {run_id!r} at once; give "
-                             "concurrent starts distinct run_name values.") from None
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            mark_failed(self._store, run_id)
-            raise
+        outputs = self._outputs(run_id, prompt, seed)
+        lease = claim_run_folder(self._store, outputs, config, truth)
         return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs, world=world,
                         schedule=schedule, lease=lease)
 
     def _resumed_run(self, run_id: str) -> VideoRun:
-        info = self._store.get_run(run_id)
-        if info is None:
-            raise SystemExit(f"--resume {run_id}: no such run in {self.hparams.store_uri}; "
-                             "list runs with `lrag memory runs`.")
-        if info["status"] == "complete":
-            raise SystemExit(f"--resume {run_id}: the run is already complete.")
-        check_resume_config(info, self._config_yaml(),
-                            lambda: self.checkpoint_hashes()["backbone_weights"], self.hparams.out_dir)
-        run_dir = Path(self.hparams.out_dir) / run_id
-        lease = lease_for_resume(run_dir, run_id, self.hparams.out_dir)
-        try:
-            prompt, seed = info["prompts"][0], int(info["seed"])
-            check_run_folder(info, run_dir)  # world.json and config.yaml are the run's own
-            outputs = self._outputs(run_id, prompt, seed)
-            done = self._store.completed_blocks(run_id)
-            outputs.drop_blocks_from(done)
-            latents = outputs.read_blocks(done)
-            log.info("resuming %s after %d finished blocks", run_id, done)
-            self._store.set_status(run_id, "running")
-            resume = latents[None].to(self.device) if done else None
-            truth = outputs.read_ground_truth()
-        except BaseException:
-            lease.release()
-            raise
-        return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
-                        world=world_from_meta(truth) if truth is not None else None,
-                        schedule=list(info["prompt_schedule"]), done_blocks=done,
-                        resume_latents=resume, lease=lease)
+        return open_resumed_run(self._store, run_id, self.hparams.out_dir, self._config_yaml(),
+                                lambda: self.checkpoint_hashes()["backbone_weights"], self._outputs,
+                                self.device)
 
     @property
     def prefix(self) -> int:
@@ -327,19 +317,7 @@ class GeneratorModule(L.LightningModule):
         return self.sampling.prefix
 
     def _check_world(self, world: WorldSpec | None) -> None:
-        """Refuse a video whose camera path does not fit the backbone or the length."""
-        camera = getattr(self.backbone, "camera", "none")
-        if world is None:
-            if camera != "none":
-                raise ValueError(
-                    f"the backbone is camera-conditioned (camera={camera!r}) and needs a camera path per "
-                    "video: use data: class_path: lrag.data.prompts.WorldPromptDataModule."
-                )
-            return
-        n = self.hparams.num_frames
-        if world.positions.shape[0] < n:
-            raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
-                             f"the video has {n}; raise data.init_args.num_frames.")
+        check_world(world, getattr(self.backbone, "camera", "none"), self.hparams.num_frames)
 
     def _set_world(self, world: WorldSpec | None) -> None:
         """Give the backbone (and a ground-truth memory) the camera of every frame of the video."""
@@ -356,7 +334,7 @@ class GeneratorModule(L.LightningModule):
         self._set_world(run.world)
         self.memory.exclude_before(p)
         if run.resume_latents is not None:
-            run.outputs.write_video_frames(self._decode(run.resume_latents)[0])
+            run.outputs.write_video_frames(self.codec.decode(run.resume_latents)[0].cpu().numpy())
         if not p:
             return run.resume_latents
         blank = blank_block(1, p, self.channels, hp.height, hp.width, self.device)
@@ -364,74 +342,63 @@ class GeneratorModule(L.LightningModule):
 
     def _generate(self, run: VideoRun) -> Tensor:
         store, hp, p = self._store, self.hparams, self.prefix
+        writer: BlockWriter | None = None
         try:
             sampler = ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
             noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
-            context, switch = context_schedule(run.schedule or [{"frame": 0, "prompt": run.prompt}],
-                                               self.text_encoder, p, self.device)
+            context, switch = self._encode(run.schedule or [{"frame": 0, "prompt": run.prompt}])
             start = self._sampler_start(run)
             with progress_bar(hp.progress) as bar:
                 run.progress = bar
                 run.task = bar.add_task(run.run_id, total=hp.num_frames // hp.frames_per_block,
                                         completed=run.done_blocks, fps=0.0)
+                persister = self._persister(run)
+                writer = BlockWriter(persister, hp.persist_queue, name=f"lrag-writer-{run.run_id}")
                 latents = sampler(noise, context, p + hp.num_frames,
-                                  on_block=lambda result: self._on_block(run, result),
+                                  on_block=lambda result: self._on_block(run, result, writer),
                                   resume_latents=start, context_schedule=switch)[:, p:]
+                writer.flush()  # the last blocks are durable (or their failure is raised) here
+            wall = time.perf_counter() - persister.started
             retrievals = store.retrievals(run.run_id).to_pydict()
             run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
                                hp.frames_per_block)
             store.set_status(run.run_id, "complete")
         except BaseException:  # KeyboardInterrupt too: no run stays "running" without a writer
             try:
+                if writer is not None:
+                    writer.close()  # every block handed over is written before the run is failed
                 run.outputs.abort()
             finally:
                 mark_failed(store, run.run_id)
             raise
         finally:
+            if writer is not None:
+                writer.close()
             if run.lease is not None:
                 run.lease.release()
         compact_after_run(store)
-        self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done,
-                               "seconds": run.seconds,
-                               "frames_per_s": run.frames_done / max(run.seconds, 1e-9)})
+        self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done, "seconds": wall,
+                               "frames_per_s": run.frames_done / max(wall, 1e-9),
+                               "persisted_at": [t - persister.started for t in persister.done_at]})
         return latents
 
-    # -- per block -------------------------------------------------------------------------
-    def _decode(self, latents: Tensor) -> np.ndarray:
-        """uint8 ``[B, T, H', W', 3]`` frames of ``[B, F, C, H, W]`` latents."""
-        return self.codec.decode(latents).cpu().numpy()
+    def _persister(self, run: VideoRun) -> BlockPersister:
+        """The writer's sink for ``run`` (descriptor tag and logger taken here, in the main thread)."""
+        log_metrics = None
+        if self.logger is not None:
+            log_metrics = lambda metrics, step: self.logger.log_metrics(metrics, step=step)  # noqa: E731
+        return BlockPersister(run, self._store, descriptor_tag(self.memory, self.checkpoint_hashes()),
+                              log_metrics)
 
-    def _on_block(self, run: VideoRun, result: BlockResult) -> None:
+    # -- per block -------------------------------------------------------------------------
+    def _on_block(self, run: VideoRun, result: BlockResult, writer: BlockWriter) -> None:
+        """Decode the block on the device and hand it to the writer; no device sync here (the
+        NaN/Inf check runs in the writer, before anything of the block is written)."""
         result = shift_result(result, self.prefix, self.hparams.frames_per_block)
         if result.block < run.done_blocks:
             return  # the blank prefix or a replayed block that is already on disk
-        latents = result.latents[0]  # one run per sampler call: batch of 1
-        # Before anything of the block is written: finished blocks stay, resumable.
-        check_finite(latents, run.run_id, result.block, result.start_frame)
-        location = run.outputs.write_block(result.block, result.start_frame, latents)
-        frames = self._decode(result.latents)[0]
-        run.outputs.write_video_frames(frames)
-        rows = frame_rows(run.run_id, result, location, frames, self.memory, self.checkpoint_hashes)
-        self._store.add_block(run.run_id, result.block, rows, retrieval_rows(run.run_id, result))
-        run.frames_done += latents.shape[0]
-        run.seconds += result.seconds
-        self._log_block(run, result)
-
-    def _log_block(self, run: VideoRun, result: BlockResult) -> None:
-        f = result.latents.shape[1]
-        metrics = {"block_seconds": result.seconds,
-                   "frames_per_s": f / max(result.seconds, 1e-9)}
-        if result.retrieval is not None and result.retrieval.scores.numel():
-            scores = result.retrieval.scores[0].float()
-            metrics |= {"retrieval_top_score": scores.max().item(),
-                        "retrieval_mean_score": scores.mean().item()}
-        metrics["memory_pool_frames"] = float(self.memory.pool_size)
-        metrics["memory_kv_mib"] = self.memory.stored_bytes() / 2**20
-        if self.logger is not None:
-            self.logger.log_metrics({f"{run.run_id}/{k}": v for k, v in metrics.items()},
-                                    step=result.block)
-        run.progress.update(run.task, advance=1,
-                            fps=run.frames_done / max(run.seconds, 1e-9))
+        frames = self.codec.decode(result.latents, check_finite=False)
+        writer.submit(hand_over(result, frames, self.memory.pool_size, self.memory.stored_bytes()))
 
 
 def _class_path(obj: object) -> str:

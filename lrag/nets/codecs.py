@@ -30,8 +30,12 @@ class Codec(Protocol):
     invert (the Wan VAE) provide it; test with :func:`can_encode`.
     """
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents ``[B, F, C, H, W]`` -> uint8 video ``[B, T, H', W', 3]``."""
+    def decode(self, latents: Tensor, check_finite: bool = True) -> Tensor:
+        """Latents ``[B, F, C, H, W]`` -> uint8 video ``[B, T, H', W', 3]``.
+
+        ``check_finite=False`` skips the NaN/Inf check, which waits for the GPU; the generator
+        checks the latents on the host instead, so its block loop never syncs the device.
+        """
         ...
 
 
@@ -40,8 +44,9 @@ def can_encode(codec: object) -> bool:
     return callable(getattr(codec, "encode", None))
 
 
-def check_latents(latents: Tensor, channels: int, name: str = "latents") -> None:
-    """Raise a ValueError naming the problem unless ``latents`` is ``[B, F, channels, H, W]``."""
+def check_latents(latents: Tensor, channels: int, name: str = "latents", finite: bool = True) -> None:
+    """Raise a ValueError naming the problem unless ``latents`` is ``[B, F, channels, H, W]``
+    (and finite, unless ``finite=False``: that check reads the values, a device sync on CUDA)."""
     if latents.ndim != 5:
         raise ValueError(
             f"{name} must be [B, F, C, H, W], got shape {tuple(latents.shape)}; add the batch "
@@ -52,7 +57,7 @@ def check_latents(latents: Tensor, channels: int, name: str = "latents") -> None
             f"{name} has {latents.shape[2]} channels (axis 2), the codec expects {channels}; "
             "is the layout [B, F, C, H, W] (not [B, C, F, H, W])?"
         )
-    if not torch.isfinite(latents).all():
+    if finite and not torch.isfinite(latents).all():
         raise ValueError(f"{name} contains NaN or Inf values; the sampler diverged upstream")
 
 
@@ -97,16 +102,17 @@ class LinearRGBCodec(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, check_finite: bool = True) -> Tensor:
         """Decode latents.
 
         Args:
             latents: ``[B, F, C, H, W]``, any float dtype.
+            check_finite: Refuse NaN/Inf latents (reads them: a device sync on CUDA).
 
         Returns:
             uint8 ``[B, F, H*upscale, W*upscale, 3]`` on the latents' device.
         """
-        check_latents(latents, self.channels)
+        check_latents(latents, self.channels, finite=check_finite)
         b = latents.shape[0]
         x = rearrange(latents.float(), "b f c h w -> (b f) c h w")
         rgb = torch.tanh(torch.einsum("oc,nchw->nohw", self.weight.to(x), x))  # fp32 even under bf16-true
@@ -173,23 +179,25 @@ class WanVAECodec(nn.Module):
         """
         return cls(str(folder), chunk_frames=chunk_frames, dtype=dtype)
 
-    def _denormalize(self, latents: Tensor) -> Tensor:
-        check_latents(latents, self.channels)
+    def _denormalize(self, latents: Tensor, check_finite: bool = True) -> Tensor:
+        check_latents(latents, self.channels, finite=check_finite)
         dtype = next(self.vae.parameters()).dtype
         z = rearrange(latents.float(), "b f c h w -> b c f h w")
         return (z * self.std.to(z.device) + self.mean.to(z.device)).to(dtype)
 
     @torch.no_grad()
-    def iter_decode(self, latents: Tensor, chunk_frames: int | None = None) -> Iterator[Tensor]:
+    def iter_decode(self, latents: Tensor, chunk_frames: int | None = None,
+                    check_finite: bool = True) -> Iterator[Tensor]:
         """Yield uint8 video chunks ``[B, T_chunk, 8H, 8W, 3]`` of ``chunk_frames`` latent frames.
 
         The concatenation of all chunks equals :meth:`decode` (and a one-shot diffusers decode).
+        ``check_finite=False`` skips the NaN/Inf check (a device sync).
         """
         vae, chunk = self.vae, chunk_frames or self.chunk_frames
         for attr in ("clear_cache", "post_quant_conv", "decoder"):
             if not hasattr(vae, attr):
                 raise RuntimeError(f"this diffusers AutoencoderKLWan lacks {attr!r}; use diffusers>=0.32")
-        z = self._denormalize(latents)
+        z = self._denormalize(latents, check_finite)
         vae.clear_cache()
         try:
             for start in range(0, z.shape[2], chunk):
@@ -210,9 +218,9 @@ class WanVAECodec(nn.Module):
         finally:
             vae.clear_cache()  # the cache holds activations; never leave them alive
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, check_finite: bool = True) -> Tensor:
         """Latents ``[B, F, C, H, W]`` (normalised) -> uint8 ``[B, 4F-3, 8H, 8W, 3]``."""
-        return torch.cat(list(self.iter_decode(latents)), dim=1)
+        return torch.cat(list(self.iter_decode(latents, check_finite=check_finite)), dim=1)
 
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:

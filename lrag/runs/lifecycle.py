@@ -7,14 +7,23 @@ here is about what a fault leaves behind (see docs/reliability.md).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from lrag.memory.schema import StoreError
 from lrag.memory.store import MemoryStore
 from lrag.runs.lease import LeaseHeldError, RunLease
+from lrag.runs.outputs import RunOutputs
+from lrag.runs.resume import VideoRun, check_resume_config, check_run_folder
+from lrag.runs.truth import world_from_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_new_run_folder", "compact_after_run", "lease_for_resume", "mark_failed"]
+__all__ = ["check_new_run_folder", "claim_run_folder", "compact_after_run", "lease_for_resume", "mark_failed",
+           "open_resumed_run"]
 
 
 def check_new_run_folder(store: MemoryStore, run_dir: Path, run_id: str) -> None:
@@ -56,3 +65,74 @@ def compact_after_run(store: MemoryStore) -> None:
     except Exception as err:  # noqa: BLE001
         log.warning("compacting %s failed (the run is complete; run `lrag memory compact` "
                     "later): %s", store.uri, err)
+
+
+def claim_run_folder(store: MemoryStore, outputs: RunOutputs, config_yaml: str,
+                     truth: dict[str, Any] | None) -> RunLease:
+    """Take the write lease of a run just registered in the store and write its inputs
+    (``config.yaml``, ``world.json``); on failure the run is marked failed (or, if another
+    process holds the lease, left to it) and the error raised."""
+    run_id, lease = outputs.run_id, None
+    try:
+        lease = RunLease(outputs.dir, run_id)
+        lease.acquire()
+        outputs.write_config(config_yaml)
+        if truth is not None:
+            outputs.write_ground_truth(truth)
+    except LeaseHeldError as err:
+        # Another process started a run of this id at the same instant (both passed the
+        # store's check): it owns the folder; marking the id failed would hit its run.
+        raise StoreError(f"{err} Two processes started run {run_id!r} at once; give "
+                         "concurrent starts distinct run_name values.") from None
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        mark_failed(store, run_id)
+        raise
+    return lease
+
+
+def open_resumed_run(store: MemoryStore, run_id: str, out_dir: str, config_yaml: str,
+                     backbone_weights: Callable[[], str],
+                     make_outputs: Callable[[str, str, int], RunOutputs],
+                     device: torch.device) -> VideoRun:
+    """The interrupted run ``run_id``, checked and leased, with its finished blocks loaded.
+
+    Args:
+        store: The run memory.
+        run_id: The run to continue.
+        out_dir: Parent folder of the run directories.
+        config_yaml: The resolved config of this process (must keep the run's latent knobs).
+        backbone_weights: Digest of the backbone tensors now (called only when the run has one).
+        make_outputs: ``(run_id, prompt, seed) -> RunOutputs`` of the run folder.
+        device: Where the finished latents go (the sampler replays their context passes).
+
+    Raises:
+        SystemExit: unknown or complete run, changed config, folder not the run's, held lease.
+    """
+    info = store.get_run(run_id)
+    if info is None:
+        raise SystemExit(f"--resume {run_id}: no such run in {store.uri}; list runs with `lrag memory runs`.")
+    if info["status"] == "complete":
+        raise SystemExit(f"--resume {run_id}: the run is already complete.")
+    check_resume_config(info, config_yaml, backbone_weights, out_dir)
+    run_dir = Path(out_dir) / run_id
+    lease = lease_for_resume(run_dir, run_id, out_dir)
+    try:
+        prompt, seed = info["prompts"][0], int(info["seed"])
+        check_run_folder(info, run_dir)  # world.json and config.yaml are the run's own
+        outputs = make_outputs(run_id, prompt, seed)
+        done = store.completed_blocks(run_id)
+        outputs.drop_blocks_from(done)
+        latents = outputs.read_blocks(done)
+        log.info("resuming %s after %d finished blocks", run_id, done)
+        store.set_status(run_id, "running")
+        resume = latents[None].to(device) if done else None
+        truth = outputs.read_ground_truth()
+    except BaseException:
+        lease.release()
+        raise
+    return VideoRun(run_id=run_id, prompt=prompt, seed=seed, outputs=outputs,
+                    world=world_from_meta(truth) if truth is not None else None,
+                    schedule=list(info["prompt_schedule"]), done_blocks=done,
+                    resume_latents=resume, lease=lease)

@@ -7,7 +7,6 @@ the shards count from the video's first frame, so block results are shifted firs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from lrag.memory.schema import FrameRow, RetrievalRow
 from lrag.runs.outputs import png_preview
 from lrag.sampling.sampler import BlockResult
 
-__all__ = ["frame_rows", "retrieval_rows", "shift_result"]
+__all__ = ["descriptor_tag", "frame_rows", "retrieval_rows", "shift_result"]
 
 
 def shift_result(result: BlockResult, prefix: int, frames_per_block: int) -> BlockResult:
@@ -47,8 +46,27 @@ def retrieval_rows(run_id: str, result: BlockResult) -> list[RetrievalRow]:
             for rank, (frame, score) in enumerate(zip(frames, scores))]
 
 
-def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames: np.ndarray, memory: Any,
-               checkpoint_hashes: Callable[[], dict[str, str]]) -> list[FrameRow]:
+def descriptor_tag(memory: Any, hashes: dict[str, str]) -> str:
+    """The ``frames.descriptor`` value of a run: the memory's descriptor, ``ae`` tagged with the
+    embedder's hash and ``gen_keys`` with the backbone's hash, layers and query side (the store
+    never compares frames of different descriptors).
+
+    Args:
+        memory: The retrieval memory (its ``descriptor`` names the embedding space).
+        hashes: The generator's weight hashes (:meth:`GeneratorModule.checkpoint_hashes`).
+    """
+    descriptor = str(getattr(memory, "descriptor", "avg_pool"))
+    if descriptor == "ae":
+        descriptor += ":" + hashes.get("embedder", "unhashed")[:12]
+    elif descriptor == "gen_keys":  # the key space is the backbone's, at these layers
+        keys = memory.generator_keys
+        descriptor += (f":{hashes.get('backbone_weights', 'unhashed')[:12]}"
+                       f":{','.join(map(str, keys.layers))}:{keys.query}")
+    return descriptor
+
+
+def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames: np.ndarray,
+               descriptor: str) -> list[FrameRow]:
     """Store rows of a block's frames: descriptor embedding, shard location and PNG preview.
 
     Args:
@@ -56,23 +74,13 @@ def frame_rows(run_id: str, result: BlockResult, location: ShardLocation, frames
         result: The block in video coordinates (:func:`shift_result`).
         location: Where the block's shard was written.
         frames: The block's decoded uint8 frames ``[T, H', W', 3]``.
-        memory: The retrieval memory (its ``descriptor`` names the embedding space).
-        checkpoint_hashes: The generator's weight hashes; called only for an ``ae`` descriptor,
-            tagged with the embedder's hash, and ``gen_keys``, tagged with the backbone's hash,
-            layers and query side.
+        descriptor: :func:`descriptor_tag` of the run (used when the block has descriptors).
     """
     f = result.latents.shape[1]
-    descriptor = "avg_pool"  # the store never compares frames of different descriptors
     if result.descriptors is not None:
         embeddings = result.descriptors[0].float().cpu().numpy()
-        descriptor = str(getattr(memory, "descriptor", descriptor))
-        if descriptor == "ae":
-            descriptor += ":" + checkpoint_hashes().get("embedder", "unhashed")[:12]
-        elif descriptor == "gen_keys":  # the key space is the backbone's, at these layers
-            keys = memory.generator_keys
-            descriptor += (f":{checkpoint_hashes().get('backbone_weights', 'unhashed')[:12]}"
-                           f":{','.join(map(str, keys.layers))}:{keys.query}")
     else:  # native memories may compute no descriptor: spatial mean is zero-safe
+        descriptor = "avg_pool"
         embeddings = result.latents[0].float().mean(dim=(-2, -1)).cpu().numpy()
     # Decoders may change the frame rate (the Wan VAE makes 4 frames per latent frame).
     pick = np.linspace(0, len(frames) - 1, f).round().astype(int) if f > 1 else [0]

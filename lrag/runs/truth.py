@@ -10,7 +10,7 @@ import torch
 
 from lrag.data.prompts import WorldSpec
 
-__all__ = ["PER_FRAME_META", "truth_digest", "truth_json", "truncate_meta", "world_from_meta"]
+__all__ = ["PER_FRAME_META", "check_world", "truth_digest", "truth_json", "truncate_meta", "world_from_meta"]
 
 #: Ground-truth fields of a world clip's meta that hold one entry per latent frame.
 PER_FRAME_META = ("positions", "camera", "visible_landmarks", "objects", "revisits")
@@ -42,3 +42,17 @@ def truth_json(truth: dict[str, Any]) -> str:
 def truth_digest(truth: dict[str, Any]) -> str:
     """SHA-256 of ``world.json``; the store records it so a resume can verify the file."""
     return hashlib.sha256(truth_json(truth).encode("utf-8")).hexdigest()
+
+
+def check_world(world: WorldSpec | None, camera: str, num_frames: int) -> None:
+    """Refuse a video whose camera path does not fit the backbone (``camera``) or the length."""
+    if world is None:
+        if camera != "none":
+            raise ValueError(
+                f"the backbone is camera-conditioned (camera={camera!r}) and needs a camera path per "
+                "video: use data: class_path: lrag.data.prompts.WorldPromptDataModule."
+            )
+        return
+    if world.positions.shape[0] < num_frames:
+        raise ValueError(f"world {world.world_seed}: trajectory of {world.positions.shape[0]} frames, "
+                         f"the video has {num_frames}; raise data.init_args.num_frames.")

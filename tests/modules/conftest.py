@@ -16,11 +16,11 @@ class FailingCodec(LinearRGBCodec):
         super().__init__(channels=16, upscale=2)
         self.calls, self.fail_at_call = 0, fail_at_call
 
-    def decode(self, latents):
+    def decode(self, latents, check_finite: bool = True):
         self.calls += 1
         if self.calls == self.fail_at_call:
             raise RuntimeError("codec exploded")
-        return super().decode(latents)
+        return super().decode(latents, check_finite)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from lrag.memory.schema import StoreError
 from lrag.memory.store import MemoryStore
 from lrag.runs.faults import NonFiniteLatentsError
 from lrag.runs.outputs import RunOutputs
+from lrag.runs.writer import PersistenceError
 
 
 def _failed_run(gen, root, monkeypatch, fail_block: int = 2):
@@ -164,8 +165,9 @@ def test_a_store_that_cannot_be_written_is_named_and_nothing_is_lost(gen, tmp_pa
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(MemoryStore, "add_block", refuse)
-    with pytest.raises(PermissionError) as err:
+    with pytest.raises(PersistenceError, match=r"run w-0: writing block 2 failed at the store tables") as err:
         gen.predict(gen.build(tmp_path), resume="w-0")
+    assert isinstance(err.value.__cause__, PermissionError)
     message = explain(err.value, "predict")
     assert message.startswith("lrag predict: Permission denied") and path in message
     after = gen.snapshot(tmp_path)

@@ -5,7 +5,7 @@ import torch
 
 from lrag.data.shards import ShardLocation
 from lrag.memory.bank import RetrievalMemory
-from lrag.runs.rows import frame_rows
+from lrag.runs.rows import descriptor_tag, frame_rows
 from lrag.sampling.sampler import BlockResult
 
 
@@ -14,7 +14,7 @@ def _rows(memory: RetrievalMemory) -> list:
                          descriptors=torch.arange(12.0).reshape(1, 3, 4), retrieval=None, seconds=0.1)
     frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
     hashes = {"backbone_weights": "b" * 64, "embedder": "e" * 64}
-    return frame_rows("run", result, ShardLocation("s.tar", "k"), frames, memory, lambda: hashes)
+    return frame_rows("run", result, ShardLocation("s.tar", "k"), frames, descriptor_tag(memory, hashes))
 
 
 def test_generator_key_rows_are_tagged_with_backbone_layers_and_query() -> None:
