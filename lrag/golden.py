@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory
-from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.policy import AttentionPolicy
 from lrag.nets.wan import CausalWanModel, WanConfig
 from lrag.sampling.sampler import ARSampler, RecordedNoise
 from lrag.sampling.schedule import FlowMatchSchedule

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from lrag.memory.oracle import GroundTruthMemory
 from lrag.nets.camera import CameraConditioned
-from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.policy import AttentionPolicy
 from lrag.sampling.prefix import prefixed_camera, with_blank_prefix
 from lrag.sampling.schedule import FlowMatchSchedule
 from lrag.sampling.settings import SamplerSettings

@@ -18,8 +18,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.nets.attention import apply_rope, attention, grid_positions, rope_freqs
-from lrag.nets.kv_cache import AttentionPolicy, EvictedKV, KVCache, MemoryKV
+from lrag.nets.attention import SdpaBackend, apply_rope, attention, check_sdpa_backend, grid_positions, rope_freqs, \
+    sdpa_backend
+from lrag.nets.kv_cache import EvictedKV, KVCache, MemoryKV
+from lrag.nets.policy import AttentionPolicy
 
 __all__ = ["PRESETS", "TINY_PRESETS", "CausalWanModel", "WanConfig", "build_tiny", "golden_tiny", "preset_config",
            "tiny", "tiny_config", "wan_1_3b"]
@@ -227,13 +229,20 @@ class CausalWanModel(nn.Module):
         config: The architecture; leave it out to use ``preset``.
         preset: Name of a :data:`PRESETS` architecture (``wan_1_3b``, ``tiny``, ``golden_tiny``),
             used when ``config`` is not given.
+        attention_backend: SDPA backend of every attention call: ``auto`` (SDPA's choice),
+            ``flash``, ``cudnn``, ``efficient`` or ``math``; a speed knob, no weights change.
+        rope_cache: Caches made by :meth:`new_cache` keep keys roped once, when written
+            (:mod:`lrag.nets.rope_cache`): bit-identical outputs, one more K buffer of the window.
     """
 
-    def __init__(self, config: WanConfig | None = None, preset: str | None = None) -> None:
+    def __init__(self, config: WanConfig | None = None, preset: str | None = None,
+                 attention_backend: SdpaBackend = "auto", rope_cache: bool = True) -> None:
         super().__init__()
         if (config is None) == (preset is None):
             raise ValueError("CausalWanModel: give exactly one of `config` (a WanConfig) or `preset` "
                              f"(one of {sorted(PRESETS)}).")
+        self.attention_backend: str = check_sdpa_backend(attention_backend)
+        self.rope_cache = rope_cache
         self.config = cfg = config if config is not None else preset_config(preset)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
@@ -259,13 +268,18 @@ class CausalWanModel(nn.Module):
         device: torch.device | str | None = None,
         on_evict: Callable[[EvictedKV], None] | None = None,
         reference_cpu_alias: bool = False,
+        rope_cache: bool | None = None,
     ) -> KVCache:
-        """Empty :class:`KVCache` for latents of ``height x width`` (see ``KVCache.empty``)."""
+        """Empty :class:`KVCache` for latents of ``height x width`` (see ``KVCache.empty``).
+
+        ``rope_cache`` None: the model's :attr:`rope_cache`.
+        """
         device = device if device is not None else self.patch_embedding.weight.device
         cfg = self.config
         return KVCache.empty(
             policy, cfg.num_layers, batch, self.token_grid(height, width), cfg.num_heads, cfg.head_dim,
             dtype, device, cfg.rope_theta, on_evict, reference_cpu_alias,
+            self.rope_cache if rope_cache is None else rope_cache,
         )
 
     def _embed(self, x: Tensor, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -301,8 +315,9 @@ class CausalWanModel(nn.Module):
     def _run(self, x: Tensor, t: Tensor, context: Tensor, attend_for: Callable[[int], Attend]) -> Tensor:
         tokens, e, e0, ctx = self._embed(x, t, context)
         f = x.shape[1] // self.config.patch_size[0]
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, attend_for(i))  # (B, L, D)
+        with sdpa_backend(self.attention_backend):
+            for i, block in enumerate(self.blocks):
+                tokens = block(tokens, e0, ctx, attend_for(i))  # (B, L, D)
         grid = (f, *self.token_grid(*x.shape[-2:]))
         return self._unpatchify(self.head(tokens, e), grid)
 

@@ -22,7 +22,8 @@ from einops import rearrange
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
-from lrag.nets.kv_cache import AttentionPolicy, KVCache, MemoryKV
+from lrag.nets.kv_cache import KVCache, MemoryKV
+from lrag.nets.policy import AttentionPolicy
 from lrag.sampling.schedule import FlowMatchSchedule
 from lrag.sampling.settings import SamplerSettings
 

@@ -5,7 +5,7 @@
 (:class:`lrag.modules.backbone_fit.BackboneFitModule`) all inject one :class:`SamplerSettings`,
 so a window, sink or block size means the same thing, with the same checks, everywhere.
 The number of retrieved frames K is the memory's knob (``RetrievalMemory.memory_size``); the
-settings turn it into an :class:`~lrag.nets.kv_cache.AttentionPolicy` with :meth:`policy`.
+settings turn it into an :class:`~lrag.nets.policy.AttentionPolicy` with :meth:`policy`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.policy import AttentionPolicy
 
 __all__ = ["SAMPLER_KNOBS", "SamplerSettings"]
 

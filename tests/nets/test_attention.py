@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lrag.nets.attention import apply_rope, grid_positions, rope_freqs, rope_table
-from lrag.nets.kv_cache import AttentionPolicy, KVCache, MemoryKV
+from lrag.nets.kv_cache import KVCache, MemoryKV
+from lrag.nets.policy import AttentionPolicy
 
 
 def test_grid_positions_frame_row_col_order() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from lrag.memory.bank import RetrievalMemory
 from lrag.nets.attention import offset_grid_positions
-from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.policy import AttentionPolicy
 from lrag.nets.wan import build_tiny
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lrag.memory.bank import RetrievalMemory
-from lrag.nets.kv_cache import AttentionPolicy
+from lrag.nets.policy import AttentionPolicy
 from lrag.nets.wan import build_tiny, tiny_config
 from lrag.nets.wan import PRESETS, CausalWanModel, WanConfig
 from lrag.sampling.sampler import ARSampler, RecordedNoise
