@@ -68,12 +68,13 @@ def _device_us(evt) -> float:
 def profile_mode(mode, ctx: dict, out_dir: Path, active_blocks: int = 3) -> dict:
     """Profile ``active_blocks`` steady-state blocks of ``mode``; returns ms/block per stage."""
     from predict_wan_measure import release
-    from predict_wan_setup import make_noise, make_sampler
+    from predict_wan_setup import apply_knobs, make_noise, make_sampler
 
     args: argparse.Namespace = ctx["args"]
     device = ctx["device"]
     sampler = make_sampler(mode, ctx["model"], args, ctx.get("embedder"))
     _instrument(sampler)
+    apply_knobs(mode, sampler.backbone)
     # Retrieval starts once evicted frames pass R; profile after that, plus one block of warm-up.
     wait = max(args.window // args.frames_per_block + args.recent_exclude // args.frames_per_block + 2, 1)
     blocks = wait + 1 + active_blocks

@@ -165,11 +165,12 @@ class WanAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b l (n d) -> b l n d", n=self.num_heads)
 
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention inputs ``[B, L, heads, head_dim]`` (q and k normed, not roped)."""
+        return self._heads(self.norm_q(self.q(x))), self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+
     def self_attention(self, x: Tensor, attend: Attend) -> Tensor:
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(x)))
-        v = self._heads(self.v(x))
-        return self.o(attend(q, k, v).flatten(2))
+        return self.o(attend(*self.qkv(x)).flatten(2))
 
     def cross_attention(self, x: Tensor, context: Tensor) -> Tensor:
         q = self._heads(self.norm_q(self.q(x)))
@@ -190,22 +191,43 @@ class WanBlock(nn.Module):
         self.norm2 = WanLayerNorm(cfg.dim, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self._compiled: tuple[Callable, Callable] | None = None
 
     def forward(self, x: Tensor, e: Tensor, context: Tensor, attend: Attend) -> Tensor:
         """x ``[B, L, D]``; e ``[B, F, 6, D]`` (L = F * tokens); context ``[B, Lc, D]``."""
-        f = e.shape[1]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
+        pre, post = self._compiled or (self.pre_attention, self.post_attention)
+        mod = self.modulation.unsqueeze(1) + e  # (B, F, 6, D)
+        return post(x, attend(*pre(x, mod)), mod, context)
 
-        def frames(t: Tensor) -> Tensor:  # (B, F, tokens, D)
-            return rearrange(t, "b (f l) d -> b f l d", f=f)
+    def pre_attention(self, x: Tensor, mod: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Modulated norm and q/k/v of the self-attention (everything before the KV cache)."""
+        shift1, scale1 = mod[:, :, 0:1], mod[:, :, 1:2]
+        h = _per_frame(self.norm1(x), mod.shape[1], lambda t: t * (1 + scale1) + shift1)
+        return self.self_attn.qkv(h)
 
-        h = rearrange(frames(self.norm1(x)) * (1 + scale1) + shift1, "b f l d -> b (f l) d")
-        y = self.self_attn.self_attention(h, attend)
-        x = x + rearrange(frames(y) * gate1, "b f l d -> b (f l) d")
+    def post_attention(self, x: Tensor, y: Tensor, mod: Tensor, context: Tensor) -> Tensor:
+        """Output projection, gated residual, cross-attention and the modulated FFN."""
+        f = mod.shape[1]
+        gate1, shift2, scale2, gate2 = mod[:, :, 2:3], mod[:, :, 3:4], mod[:, :, 4:5], mod[:, :, 5:6]
+        x = x + _per_frame(self.self_attn.o(y.flatten(2)), f, lambda t: t * gate1)
         x = x + self.cross_attn.cross_attention(self.norm3(x), context)
-        h = rearrange(frames(self.norm2(x)) * (1 + scale2) + shift2, "b f l d -> b (f l) d")
-        y = self.ffn(h)
-        return x + rearrange(frames(y) * gate2, "b f l d -> b (f l) d")
+        h = _per_frame(self.norm2(x), f, lambda t: t * (1 + scale2) + shift2)
+        return x + _per_frame(self.ffn(h), f, lambda t: t * gate2)
+
+    def compile_halves(self, **options: object) -> None:
+        """``torch.compile`` the two halves around the self-attention call, which stays eager.
+
+        The KV cache's slicing and RoPE bookkeeping change between calls and would recompile;
+        the halves see one shape per run (``options`` go to ``torch.compile``, e.g. ``mode``).
+        Compiled kernels fuse norms and modulation, so outputs differ from eager in the last bits.
+        """
+        options = {"dynamic": False, **options}
+        self._compiled = (torch.compile(self.pre_attention, **options), torch.compile(self.post_attention, **options))
+
+
+def _per_frame(t: Tensor, frames: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``fn`` to ``t [B, F*tokens, D]`` viewed as ``[B, F, tokens, D]`` (per-frame modulation)."""
+    return rearrange(fn(rearrange(t, "b (f l) d -> b f l d", f=frames)), "b f l d -> b (f l) d")
 
 
 class Head(nn.Module):
@@ -250,6 +272,11 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
+
+    def compile_blocks(self, **options: object) -> None:
+        """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``)."""
+        for block in self.blocks:
+            block.compile_halves(**options)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(h, w)`` of one latent frame; raises if the size does not divide."""
