@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {backend} | {'on' if rc else 'off'} | {1e3 * best[(backend, rc)]:.2f} | "
               f"{f'{ratio:.2f}x faster' if rc else '-'} | {'-' if same is None else ('yes' if same else '**NO**')} |")
     print(f"\n{args.device}, {args.dtype}, {args.tokens} tokens/frame, {args.heads}x{args.head_dim} heads, window "
-          f"{args.window}, sink {args.sink}, K {args.memory_size}, {args.calls} calls/block; process CPU time {cpu:.1f} s")
+          f"{args.window}, sink {args.sink}, K {args.memory_size}, {args.calls} calls/block; "
+          f"process CPU time {cpu:.1f} s")
     return 0
 
 

@@ -82,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "every mode alike")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode of --compile")
-    p.add_argument("--sdpa-backend", nargs="+", default=["auto"], choices=["auto", "flash", "cudnn", "efficient", "math"],
+    p.add_argument("--sdpa-backend", nargs="+", default=["auto"],
+                   choices=["auto", "flash", "cudnn", "efficient", "math"],
                    help="CausalWanModel.attention_backend; several values: every mode runs once per backend")
     p.add_argument("--rope-cache", nargs="+", default=["on"], choices=["on", "off"],
                    help="CausalWanModel.rope_cache (keys roped once when written); 'on off' runs both (A/B, "

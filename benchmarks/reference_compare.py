@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="add rows: ours with torch.compile of every block minus its self-attention call")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
-    p.add_argument("--sdpa-backend", nargs="+", default=["auto"], choices=["auto", "flash", "cudnn", "efficient", "math"],
+    p.add_argument("--sdpa-backend", nargs="+", default=["auto"],
+                   choices=["auto", "flash", "cudnn", "efficient", "math"],
                    help="our CausalWanModel.attention_backend; one row of ours per value")
     p.add_argument("--rope-cache", nargs="+", default=["on"], choices=["on", "off"],
                    help="our CausalWanModel.rope_cache; 'on off' gives both rows")

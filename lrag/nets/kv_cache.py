@@ -1,8 +1,8 @@
 """The KV cache of the causal forward and its K/V containers.
 
 The attended sequence is ``[sink | retrieved memory | local window]``; see
-:class:`~lrag.nets.policy.AttentionPolicy` for the budget rules. Temporal RoPE positions follow one of the two
-rules of the reference (README of ``tests/fixtures/wan_reference``):
+:class:`~lrag.nets.policy.AttentionPolicy` for the budget rules. Temporal RoPE positions
+follow one of the two rules of the reference (README of ``tests/fixtures/wan_reference``):
 
 * ``"absolute"``: every frame keeps its global frame index (reference native model,
   ``causal_model.py``, which ropes keys once when written - numerically identical).
