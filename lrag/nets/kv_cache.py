@@ -339,7 +339,10 @@ class KVCache:
             pos = grid_positions(torch.tensor(frame_positions, dtype=torch.long), *self.grid_hw)
             while len(self._freq_memo) >= _FREQ_MEMO:
                 self._freq_memo.pop(next(iter(self._freq_memo)))
-            self._freq_memo[key] = rope_freqs(pos, self.head_dim, self.theta).to(device)
+            table = rope_freqs(pos, self.head_dim, self.theta)  # on the host: the reference's values
+            if device.type == "cuda":  # a pageable copy would stall the host until the GPU drains
+                table = table.pin_memory()
+            self._freq_memo[key] = table.to(device, non_blocking=True)
         return self._freq_memo[key]
 
     def attend(
