@@ -128,7 +128,9 @@ def sinusoidal_embedding(dim: int, position: Tensor) -> Tensor:
     """``[N, dim]`` float64 embedding: cos half, then sin half, freqs ``10000^(-i/half)``."""
     half = dim // 2
     position = position.to(torch.float64)
-    sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))
+    # arange made on the device: a host tensor moved there would be a pageable copy per call (a stall)
+    steps = torch.arange(half, device=position.device, dtype=position.dtype)
+    sinusoid = torch.outer(position, torch.pow(10000, -steps.div(half)))
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
 
 

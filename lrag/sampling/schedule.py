@@ -9,6 +9,7 @@ extra_one_step=True).set_timesteps(num_train_timesteps)`` exactly (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -137,10 +138,15 @@ class FlowMatchSchedule:
         """
         if x0.shape != noise.shape:
             raise ValueError(f"add_noise: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ")
-        t = torch.as_tensor(t, dtype=torch.float32, device=x0.device)
-        if t.ndim == 0:
-            t = t.expand(x0.shape[:1])
-        sig = self._expand(self.sigma(t), x0, "add_noise")
+        if isinstance(t, (int, float)):  # the sampler's case: check on the host, fill on the device (no sync)
+            if not math.isfinite(t):
+                raise ValueError(f"FlowMatchSchedule.sigma: timestep contains NaN/inf: {t}")
+            t = torch.full(x0.shape[:1], float(t), dtype=torch.float32, device=x0.device)
+            sig = self._grid("scheduler_sigmas", t.device, torch.float32)[self._nearest(t, torch.float32)]
+        else:
+            t = torch.as_tensor(t, dtype=torch.float32, device=x0.device)
+            sig = self.sigma(t.expand(x0.shape[:1]) if t.ndim == 0 else t)
+        sig = self._expand(sig, x0, "add_noise")
         return ((1 - sig) * x0 + sig * noise).type_as(noise)
 
     def __repr__(self) -> str:
