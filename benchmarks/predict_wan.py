@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and the table checks the latents are equal)")
     p.add_argument("--no-rope-cache", dest="rope_cache", action="store_const", const=["off"],
                    help="same as --rope-cache off")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="after the warm-up, warn (with the source line) at every host<->GPU synchronisation "
+                        "(torch.cuda.set_sync_debug_mode); the native block loop should have none")
     p.add_argument("--json", default=None, help="write results to this JSON file (rewritten after every run)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the timed runs, profile a few steady blocks per mode into DIR/profile_<mode>.txt")
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                          "num_layers": cfg.num_layers, "kv_mib_per_frame": ctx["kv_frame"] / MIB},
               "runs": []}
     warmup(modes, ctx)
+    if args.sync_debug and device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")  # the benchmark's own end-of-run syncs show up too
     for frames in args.frames:
         for repeat in range(args.repeats):
             order = modes if repeat % 2 == 0 else modes[::-1]  # alternate so drift hits every mode alike
