@@ -32,7 +32,9 @@ if _HERE not in sys.path:  # loaded by path (tests) instead of run as a script: 
 from predict_wan_measure import (  # noqa: E402
     SLOPE_FROM_BLOCK, Trace, measure, preflight, release, run_once, slope, summarise, sync, warmup,
 )
-from predict_wan_report import COLUMNS, REFERENCE_NATIVE_FPS, add_ratios, fmt, markdown, write_json  # noqa: E402
+from predict_wan_report import (  # noqa: E402
+    COLUMNS, COMPILE_ONE_BACKEND, REFERENCE_NATIVE_FPS, add_ratios, fmt, markdown, write_json,
+)
 from predict_wan_setup import (  # noqa: E402
     DTYPES, GIB, MIB, Mode, build_backbone, build_embedder, environment, kv_bytes_per_frame, make_noise,
     make_sampler, modes_from, setup_device,
@@ -76,7 +78,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=0.0, help="skip runs estimated to end after this many s (0: off)")
     p.add_argument("--force", action="store_true", help="run even when the memory pre-flight says it cannot fit")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile each block's FFN and cross-attention (fixed shapes); every mode alike")
+                   help="torch.compile every block except its self-attention call (CausalWanModel.compile_blocks); "
+                        "every mode alike")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode of --compile")
+    p.add_argument("--sdpa-backend", nargs="+", default=["auto"],
+                   choices=["auto", "flash", "cudnn", "efficient", "math"],
+                   help="CausalWanModel.attention_backend; several values: every mode runs once per backend")
+    p.add_argument("--rope-cache", nargs="+", default=["on"], choices=["on", "off"],
+                   help="CausalWanModel.rope_cache (keys roped once when written); 'on off' runs both (A/B, "
+                        "and the table checks the latents are equal)")
+    p.add_argument("--no-rope-cache", dest="rope_cache", action="store_const", const=["off"],
+                   help="same as --rope-cache off")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="after the warm-up, warn (with the source line) at every host<->GPU synchronisation "
+                        "(torch.cuda.set_sync_debug_mode); the native block loop should have none")
     p.add_argument("--json", default=None, help="write results to this JSON file (rewritten after every run)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the timed runs, profile a few steady blocks per mode into DIR/profile_<mode>.txt")
@@ -85,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         tier, _, stride = token.partition(":")
         if tier not in ("device", "host", "int8", "recompute") or (stride and not (stride.isdigit() and int(stride) >= 1)):
             p.error(f"--kv-tier {token}: expected TIER or TIER:N with TIER in device/host/int8/recompute and N >= 1")
+    if args.compile and len(args.sdpa_backend) > 1:
+        p.error(COMPILE_ONE_BACKEND)
     if any(f <= 0 or f % args.frames_per_block for f in args.frames):
         p.error(f"--frames {args.frames}: each must be a positive multiple of --frames-per-block {args.frames_per_block}")
     return args
@@ -112,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                          "num_layers": cfg.num_layers, "kv_mib_per_frame": ctx["kv_frame"] / MIB},
               "runs": []}
     warmup(modes, ctx)
+    if args.sync_debug and device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")  # the benchmark's own end-of-run syncs show up too
     for frames in args.frames:
         for repeat in range(args.repeats):
             order = modes if repeat % 2 == 0 else modes[::-1]  # alternate so drift hits every mode alike

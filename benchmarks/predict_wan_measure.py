@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from predict_wan_setup import GIB, MIB, Mode, kv_bytes_per_frame, make_noise
+from predict_wan_setup import GIB, MIB, Mode, apply_knobs, kv_bytes_per_frame, make_noise
 
 log = logging.getLogger("predict_wan")
 
@@ -195,7 +195,9 @@ def summarise(trace: Trace, sampler, out: torch.Tensor, frames: int, wall: float
 def measure(mode: Mode, frames: int, repeat: int, ctx: dict) -> dict:
     """Run one mode once; errors and skips become the record's status instead of aborting."""
     args, device = ctx["args"], ctx["device"]
-    record = {"mode": mode.name, "memory_size": mode.memory_size, "kv_tier": mode.kv_tier if mode.memory_size else None,
+    record = {"mode": mode.name, "base_mode": mode.base, "variant": mode.variant, "sdpa_backend": mode.sdpa,
+              "rope_cache": mode.rope_cache, "memory_size": mode.memory_size,
+              "kv_tier": mode.kv_tier if mode.memory_size else None,
               "frames": frames, "repeat": repeat, "device_type": device.type}
     reason = preflight(mode, frames, ctx["kv_frame"], args, device)
     elapsed = time.perf_counter() - ctx["t0"]
@@ -210,6 +212,7 @@ def measure(mode: Mode, frames: int, repeat: int, ctx: dict) -> dict:
         return {**record, "status": reason}
     log.info("running %s, %d frames (repeat %d)", mode.name, frames, repeat)
     sampler = ctx["samplers"][mode.name]
+    apply_knobs(mode, sampler.backbone)
     try:
         stats, out = run_once(sampler, ctx["context"], frames, args, device, args.seed)
         del out
@@ -235,6 +238,7 @@ def warmup(modes: list[Mode], ctx: dict) -> None:
     best = 0.0
     for mode in modes:
         sampler = ctx["samplers"][mode.name]
+        apply_knobs(mode, sampler.backbone)
         sync(device)
         tic = time.perf_counter()
         sampler(make_noise(sampler, args, ctx["context"], args.seed + 1), ctx["context"], frames)

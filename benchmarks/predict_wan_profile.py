@@ -92,7 +92,7 @@ def _device_us(evt) -> float:
 def profile_mode(mode, ctx: dict, out_dir: Path, active_blocks: int = 3, torch_profiler: bool = False) -> dict:
     """Time ``active_blocks`` steady-state blocks of ``mode`` per stage; returns ms/block per stage."""
     from predict_wan_measure import release
-    from predict_wan_setup import make_noise, make_sampler
+    from predict_wan_setup import apply_knobs, make_noise, make_sampler
 
     args: argparse.Namespace = ctx["args"]
     device = ctx["device"]
@@ -101,6 +101,7 @@ def profile_mode(mode, ctx: dict, out_dir: Path, active_blocks: int = 3, torch_p
     wait = max(args.window // args.frames_per_block + args.recent_exclude // args.frames_per_block + 2, 1)
     clock = _StageClock(device, wait + 1)
     _instrument(sampler, clock)
+    apply_knobs(mode, sampler.backbone)
     blocks = wait + 1 + active_blocks
     frames = blocks * args.frames_per_block
     block_marks: list = []

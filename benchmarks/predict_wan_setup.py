@@ -6,6 +6,7 @@ Also the units, dtypes and the :class:`Mode` list the benchmark runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 from dataclasses import dataclass
@@ -18,12 +19,28 @@ GIB, MIB = 2.0**30, 2.0**20
 
 @dataclass
 class Mode:
-    """One measured configuration: native (``memory_size 0``) or RAG with a KV tier."""
+    """One measured configuration: native (``memory_size 0``) or RAG with a KV tier.
 
-    name: str
+    ``sdpa`` and ``rope_cache`` are the backbone's speed knobs (``CausalWanModel.attention_backend``,
+    ``.rope_cache``), set on the shared model before each run of this mode; a non-default
+    value is a suffix of ``name`` (``native[cudnn,no-rope-cache]``), ``base`` is the name without it.
+    """
+
+    base: str
     memory_size: int
     kv_tier: str
     store_stride: int = 1  # RetrievalMemory.store_stride: keep every n-th evicted frame
+    sdpa: str = "auto"
+    rope_cache: bool = True
+
+    @property
+    def variant(self) -> str:
+        knobs = ([self.sdpa] if self.sdpa != "auto" else []) + ([] if self.rope_cache else ["no-rope-cache"])
+        return f"[{','.join(knobs)}]" if knobs else ""
+
+    @property
+    def name(self) -> str:
+        return self.base + self.variant
 
 
 def modes_from(args: argparse.Namespace) -> list[Mode]:
@@ -33,7 +50,16 @@ def modes_from(args: argparse.Namespace) -> list[Mode]:
         tier, _, stride = token.partition(":")
         n = int(stride or 1)
         rag.append(Mode(f"rag-{tier}" + (f"-s{n}" if n > 1 else ""), args.memory_size, tier, n))
-    return native + (rag if "rag" in args.modes else [])
+    base = native + (rag if "rag" in args.modes else [])
+    sdpa = getattr(args, "sdpa_backend", None) or ["auto"]
+    rope = getattr(args, "rope_cache", None) or ["on"]
+    return [dataclasses.replace(m, sdpa=s, rope_cache=r == "on") for s in sdpa for r in rope for m in base]
+
+
+def apply_knobs(mode: Mode, model: torch.nn.Module) -> None:
+    """Set ``mode``'s backbone speed knobs on the (shared) model before it runs."""
+    model.attention_backend = mode.sdpa
+    model.rope_cache = mode.rope_cache
 
 
 def setup_device(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
@@ -71,10 +97,12 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
     cfg = PRESETS[args.preset]()
     if args.num_layers is not None:
         cfg.num_layers = args.num_layers
-    return init_backbone(cfg, device, dtype, args.seed, getattr(args, "compile", False))
+    return init_backbone(cfg, device, dtype, args.seed, getattr(args, "compile", False),
+                         getattr(args, "compile_mode", "default"))
 
 
-def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, compile_blocks: bool = False) -> torch.nn.Module:
+def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, compile_blocks: bool = False,
+                  compile_mode: str = "default") -> torch.nn.Module:
     """Random-weight ``CausalWanModel`` of ``cfg`` built on the meta device, then materialised in place.
 
     Initialising on the target device in the target dtype avoids a 5.7 GB fp32 CPU copy
@@ -98,11 +126,9 @@ def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, comp
             else:  # norm gains
                 p.fill_(1.0)
     if compile_blocks:
-        # Only the regions with one shape per run: self-attention goes through the KV cache's
-        # Python bookkeeping (slices that change until the window is full), which would recompile.
-        for block in model.blocks:
-            block.ffn = torch.compile(block.ffn, dynamic=False)
-            block.cross_attn.cross_attention = torch.compile(block.cross_attn.cross_attention, dynamic=False)
+        # Every block minus its self-attention call: the KV cache's slicing stays eager (it
+        # changes until the window is full and would recompile); the halves have one shape.
+        model.compile_blocks(**({"mode": compile_mode} if compile_mode != "default" else {}))
     return model
 
 

@@ -10,7 +10,9 @@ text embeddings ``[1, 512, 4096]``, 832x480 (60x104 latents), 3 frames per block
   (see ``reference_setup.py`` for what is stubbed; its attention kernel is SDPA through
   ``flash_attn_sdpa.py``, like ours).
 * ours: ``ARSampler`` in native mode, built as ``predict_wan.py`` builds it; ``--compile`` adds a
-  row with our ``torch.compile`` option.
+  row with our ``torch.compile`` option (every block minus its self-attention call). Our speed
+  knobs (``--sdpa-backend``, ``--rope-cache``) give one row of ours per value (``ours[cudnn]``);
+  the reference keeps its own attention path.
 * ``--reference-lora R`` adds a row: the reference with its own peft LoRA of rank R unmerged on
   every block Linear, as its ``inference.py`` runs the LongLive config (R = 256); we merge LoRA
   at load time, so this is the reference as shipped.
@@ -19,7 +21,7 @@ Rows run interleaved (reference, ours, ..., then reversed) after one untimed war
 Block ends are CUDA events (no sync of ours; the reference syncs itself through ``.item()``).
 
     python benchmarks/reference_compare.py --reference .devcarry/reference --repeats 2 --compile \\
-        --json benchmarks/results/reference_compare_h200.json
+        --sdpa-backend auto cudnn --json benchmarks/results/reference_compare_h200.json
     python -O benchmarks/reference_compare.py --reference ../LongLive-RAG --tiny --device cpu --frames 9
 """
 
@@ -41,8 +43,10 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from predict_wan_measure import EDGE_BLOCKS, sync  # noqa: E402
-from predict_wan_report import write_json  # noqa: E402
-from predict_wan_setup import DTYPES, GIB, Mode, environment, init_backbone, make_noise, make_sampler, setup_device  # noqa: E402
+from predict_wan_report import COMPILE_ONE_BACKEND, write_json  # noqa: E402
+from predict_wan_setup import (  # noqa: E402
+    DTYPES, GIB, Mode, apply_knobs, environment, init_backbone, make_noise, make_sampler, modes_from, setup_device,
+)
 from reference_setup import (  # noqa: E402
     REFERENCE_COMMIT, AttrDict, BlockStamps, build_model, build_pipeline, load_reference, seconds_between, stamp,
 )
@@ -69,7 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[1000, 750, 500, 250], help="denoising steps (warped)")
     p.add_argument("--shift", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="add a row: ours with torch.compile of FFN + cross-attn")
+    p.add_argument("--compile", action="store_true",
+                   help="add rows: ours with torch.compile of every block minus its self-attention call")
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
+    p.add_argument("--sdpa-backend", nargs="+", default=["auto"],
+                   choices=["auto", "flash", "cudnn", "efficient", "math"],
+                   help="our CausalWanModel.attention_backend; one row of ours per value")
+    p.add_argument("--rope-cache", nargs="+", default=["on"], choices=["on", "off"],
+                   help="our CausalWanModel.rope_cache; 'on off' gives both rows")
     p.add_argument("--reference-lora", type=int, default=0, metavar="RANK",
                    help="add a row: the reference with an unmerged peft LoRA of this rank (LongLive: 256)")
     p.add_argument("--tiny", action="store_true",
@@ -79,10 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.height = args.height or (8 if args.tiny else 60)
     args.width = args.width or (8 if args.tiny else 104)
+    if args.compile and len(args.sdpa_backend) > 1:
+        p.error(COMPILE_ONE_BACKEND)
     if args.frames <= 0 or args.frames % args.frames_per_block:
         p.error(f"--frames {args.frames}: must be a positive multiple of --frames-per-block {args.frames_per_block}")
-    # What make_sampler reads for a native sampler.
+    # What make_sampler and modes_from read for a native sampler.
     args.recent_exclude, args.descriptor, args.memory_size = 0, "avg_pool", 0
+    args.modes, args.kv_tier = ["native"], []
     return args
 
 
@@ -131,10 +145,12 @@ def reference_row(name: str, ref, model: torch.nn.Module, context: torch.Tensor,
     return Row(name, run)
 
 
-def ours_row(name: str, model: torch.nn.Module, context: torch.Tensor, args) -> Row:
-    sampler = make_sampler(Mode("native", 0, "device"), model, args, None)
+def ours_row(name: str, model: torch.nn.Module, context: torch.Tensor, args, mode: Mode | None = None) -> Row:
+    mode = mode or Mode("native", 0, "device")
+    sampler = make_sampler(mode, model, args, None)
 
     def run(frames: int, seed: int):
+        apply_knobs(mode, model)  # our rows may share one model
         marks = [stamp(context.device)]
         latents = sampler(make_noise(sampler, args, context, seed), context, frames,
                           on_block=lambda _result: marks.append(stamp(context.device)))
@@ -238,10 +254,12 @@ def build_rows(args, device: torch.device, dtype: torch.dtype) -> tuple[list[Row
     gen = torch.Generator(device=device).manual_seed(args.seed)
     context = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen, device=device, dtype=dtype)
     ref_model = build_model(ref, cfg, args.window, args.sink, device, dtype, ours.state_dict())
-    rows = [reference_row("reference", ref, ref_model, context, args, tokens), ours_row("ours", ours, context, args)]
-    if args.compile:
-        compiled = init_backbone(cfg, device, dtype, args.seed, compile_blocks=True)  # same seed: same weights
-        rows.append(ours_row("ours-compile", compiled, context, args))
+    ours_modes = modes_from(args)  # native, once per --sdpa-backend x --rope-cache value
+    rows = [reference_row("reference", ref, ref_model, context, args, tokens)]
+    rows += [ours_row("ours" + m.variant, ours, context, args, m) for m in ours_modes]
+    if args.compile:  # same seed: same weights
+        compiled = init_backbone(cfg, device, dtype, args.seed, compile_blocks=True, compile_mode=args.compile_mode)
+        rows += [ours_row("ours-compile" + m.variant, compiled, context, args, m) for m in ours_modes]
     if args.reference_lora:
         from utils.lora_utils import configure_lora_for_model  # the reference's own (peft)
 

@@ -9,12 +9,42 @@ col) and rotated in float64; positions may be fractional (per-frame spatial offs
 
 from __future__ import annotations
 
+import contextlib
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["apply_rope", "attention", "grid_positions", "offset_grid_positions", "rope_freqs", "rope_table"]
+__all__ = ["SDPA_BACKENDS", "SdpaBackend", "apply_rope", "attention", "check_sdpa_backend", "grid_positions",
+           "offset_grid_positions", "rope_freqs", "rope_table", "sdpa_backend"]
+
+SdpaBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
+#: ``attention_backend`` names: ``auto`` lets SDPA pick per call (flash first on CUDA).
+SDPA_BACKENDS: tuple[str, ...] = ("auto", "flash", "cudnn", "efficient", "math")
+_SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def check_sdpa_backend(name: str) -> str:
+    """Return ``name`` if it is one of :data:`SDPA_BACKENDS`, else raise a one-line ``ValueError``."""
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"attention_backend={name!r}: choose one of {', '.join(SDPA_BACKENDS)}.")
+    return name
+
+
+def sdpa_backend(name: str) -> contextlib.AbstractContextManager:
+    """Context in which every SDPA call uses only backend ``name`` (``auto``: SDPA's own choice).
+
+    A backend that cannot run a call (wrong device, dtype or shape) makes that call raise
+    instead of silently falling back, so a measured backend is the one that ran.
+    On Hopper, ``cudnn`` is often faster than ``flash`` (FlashAttention-2) for long keys.
+    """
+    if check_sdpa_backend(name) == "auto":
+        return contextlib.nullcontext()
+    return sdpa_kernel([_SDPA[name]])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

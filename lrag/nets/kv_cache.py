@@ -1,19 +1,17 @@
-"""What a cached forward attends to: the KV cache and its K/V containers.
+"""The KV cache of the causal forward and its K/V containers.
 
 The attended sequence is ``[sink | retrieved memory | local window]``; see
-:class:`~lrag.nets.policy.AttentionPolicy` for the budget rules. Temporal RoPE positions follow one of the two
-rules of the reference (README of ``tests/fixtures/wan_reference``):
+:class:`~lrag.nets.policy.AttentionPolicy` for the budget rules. Temporal RoPE positions
+follow one of the two rules of the reference (README of ``tests/fixtures/wan_reference``):
 
 * ``"absolute"``: every frame keeps its global frame index (reference native model,
   ``causal_model.py``, which ropes keys once when written - numerically identical).
 * ``"slot"``: a frame's temporal position is its slot in the ring buffer
   (reference latent-memory model, ``causal_model_latentmem.py``).
 
-
-Keys are cached *without* rotary embedding and rotated at attention time, so the same cache
-serves both position rules of :class:`AttentionPolicy`
-(``"absolute"`` and ``"slot"``). The attended sequence is ``[sink | retrieved memory | local
-window]``.
+The ring keeps keys *without* rotary embedding (the retrieval memory ropes evicted keys at
+other positions); with ``rope_cache`` a :class:`~lrag.nets.rope_cache.RopedKeys` beside it
+holds them roped, so a forward ropes only its new tokens (bit-identical outputs).
 """
 
 from __future__ import annotations
@@ -26,8 +24,11 @@ from torch import Tensor
 
 from lrag.nets.attention import apply_rope, attention, grid_positions, offset_grid_positions, rope_freqs
 from lrag.nets.policy import AttentionPolicy
+from lrag.nets.rope_cache import RopedKeys
 
 __all__ = ["AttendPlan", "EvictedKV", "KVCache", "LayerKV", "MemoryKV"]
+
+_FREQ_MEMO = 8  # rotation tables kept: q, k, memory and re-rope runs of a block's calls
 
 
 @dataclass
@@ -75,7 +76,12 @@ class MemoryKV:
 
 @dataclass
 class AttendPlan:
-    """Per-forward bookkeeping shared by all layers (positions are layer independent)."""
+    """Per-forward bookkeeping shared by all layers (positions are layer independent).
+
+    ``k_freqs`` (the attended slots' rotation) is None with the RoPE cache, which needs only
+    ``q_freqs`` (the new frames' keys sit at the queries' positions) and ``rerope``: stale
+    attended slot runs ``(first, end, freqs)`` to re-rope before attending.
+    """
 
     local_start: int
     local_end: int
@@ -83,8 +89,9 @@ class AttendPlan:
     sink_slots: int
     local_lo: int
     q_freqs: Tensor
-    k_freqs: Tensor
+    k_freqs: Tensor | None
     mem_freqs: Tensor | None
+    rerope: list[tuple[int, int, Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +116,7 @@ class KVCache:
     on_evict: Callable[[EvictedKV], None] | None = None
     reference_cpu_alias: bool = False
     slot_offsets: Tensor | None = None
+    roped: RopedKeys | None = None
     _pending: EvictedKV | None = field(default=None, repr=False)
     _freq_memo: dict[tuple[int, ...], Tensor] = field(default_factory=dict, repr=False)
 
@@ -126,11 +134,14 @@ class KVCache:
         theta: float = 10000.0,
         on_evict: Callable[[EvictedKV], None] | None = None,
         reference_cpu_alias: bool = False,
+        rope_cache: bool = False,
     ) -> KVCache:
         """Zeroed cache for ``num_layers`` layers; ``grid_hw`` is the token grid of one frame.
 
         ``reference_cpu_alias`` reproduces the reference's CPU eviction aliasing (see
-        :meth:`finish`); only for matching its CPU golden fixture.
+        :meth:`finish`); only for matching its CPU golden fixture. ``rope_cache`` keeps
+        roped keys beside the ring (:class:`~lrag.nets.rope_cache.RopedKeys`): one more
+        K buffer of the window's size, and no per-call re-rope of the window.
         """
         tpf = grid_hw[0] * grid_hw[1]
         shape = (batch, policy.window * tpf, num_heads, head_dim)
@@ -138,9 +149,10 @@ class KVCache:
             LayerKV(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(num_layers)
         ]
+        roped = RopedKeys.like([layer.k for layer in layers], tpf) if rope_cache else None
         return cls(
             policy, tpf, tuple(grid_hw), layers, head_dim, theta, on_evict=on_evict,
-            reference_cpu_alias=reference_cpu_alias,
+            reference_cpu_alias=reference_cpu_alias, roped=roped,
         )
 
     @property
@@ -166,6 +178,8 @@ class KVCache:
             so = self.slot_offsets
             ev_off = so[:, s : s + count].clone()
             so[:, s : s + keep] = so[:, s + count : s + count + keep].clone()
+        if self.roped is not None:
+            self.roped.shift(s, count, keep, positions_move=self.policy.resolved_positions == "slot")
         self._pending = EvictedKV(frames, ev_k, ev_v, ev_off)
 
     def _frames_of(self, buf: Tensor, first: int, count: int) -> Tensor:
@@ -255,12 +269,33 @@ class KVCache:
             base = 0 if pol.memory_position == "zero" else pol.sink
             m_pos = [0] * memory.num_frames if base == 0 else [base + i for i in range(memory.num_frames)]
         if offsets is not None:
-            return self._offset_plan(local_start, local_end, write_start, sink_slots, local_lo,
+            plan = self._offset_plan(local_start, local_end, write_start, sink_slots, local_lo,
                                      (q_pos, k_pos, m_pos, attended), offsets, memory)
-        mem_freqs = self._freqs(m_pos) if m_pos is not None else None
-        return AttendPlan(
-            local_start, local_end, write_start, sink_slots, local_lo, self._freqs(q_pos), self._freqs(k_pos), mem_freqs
-        )
+        else:
+            mem_freqs = self._freqs(m_pos) if m_pos is not None else None
+            k_freqs = None if self.roped is not None else self._freqs(k_pos)
+            plan = AttendPlan(local_start, local_end, write_start, sink_slots, local_lo, self._freqs(q_pos), k_freqs,
+                              mem_freqs)
+        if self.roped is not None:
+            self._plan_rerope(plan, attended)
+        return plan
+
+    def _plan_rerope(self, plan: AttendPlan, attended: list[int]) -> None:
+        """Stale attended slots that this forward does not write get re-roped (once, all layers)."""
+        roped = self.roped
+        old = [i for i in attended if not plan.write_start <= i < plan.local_end]
+        for first, end in roped.stale_runs(old):
+            plan.rerope.append((first, end, self._slot_freqs(first, end)))
+            roped.mark_valid(first, end)
+        roped.mark_valid(plan.write_start, plan.local_end)
+
+    def _slot_freqs(self, first: int, end: int) -> Tensor:
+        """Key rotation of slots ``[first, end)`` at their current positions."""
+        slots = list(range(first, end))
+        pos = [self.slot_frames[i] for i in slots] if self.policy.resolved_positions == "absolute" else slots
+        if self.slot_offsets is not None:
+            return self._offset_freqs(pos, self.slot_offsets[:, first:end])
+        return self._freqs(pos)
 
     def _offset_plan(self, local_start: int, local_end: int, write_start: int, sink_slots: int, local_lo: int,
                      pos: tuple, offsets: Tensor, memory: MemoryKV | None) -> AttendPlan:
@@ -281,9 +316,11 @@ class KVCache:
                 raise ValueError("KVCache.begin: the cache uses offsets but the retrieved frames carry none "
                                  "(MemoryKV.offsets); store them with the memory (EvictedKV.offsets).")
             mem_freqs = self._offset_freqs(m_pos, memory.offsets)
-        idx = torch.tensor(attended, dtype=torch.long, device=device)
         q_freqs = self._offset_freqs(q_pos, self.slot_offsets[:, local_start:local_end])
-        k_freqs = self._offset_freqs(k_pos, self.slot_offsets.index_select(1, idx))
+        k_freqs = None
+        if self.roped is None:
+            idx = torch.tensor(attended, dtype=torch.long, device=device)
+            k_freqs = self._offset_freqs(k_pos, self.slot_offsets.index_select(1, idx))
         return AttendPlan(local_start, local_end, write_start, sink_slots, local_lo, q_freqs, k_freqs, mem_freqs)
 
     def _offset_freqs(self, frame_positions: list[int], offsets: Tensor) -> Tensor:
@@ -293,12 +330,19 @@ class KVCache:
         return rope_freqs(pos, self.head_dim, self.theta)
 
     def _freqs(self, frame_positions: list[int]) -> Tensor:
-        # Positions repeat every block; memoising saves a host->device copy per forward.
+        # Positions repeat over a block's calls (slot rule: every block); memoising saves a
+        # host->device copy per forward. Absolute positions never come back once the window
+        # has moved on, so the memo keeps only the newest few (else it grows every block).
         key = tuple(frame_positions)
         if key not in self._freq_memo:
             device = self.layers[0].k.device
             pos = grid_positions(torch.tensor(frame_positions, dtype=torch.long), *self.grid_hw)
-            self._freq_memo[key] = rope_freqs(pos, self.head_dim, self.theta).to(device)
+            while len(self._freq_memo) >= _FREQ_MEMO:
+                self._freq_memo.pop(next(iter(self._freq_memo)))
+            table = rope_freqs(pos, self.head_dim, self.theta)  # on the host: the reference's values
+            if device.type == "cuda":  # a pageable copy would stall the host until the GPU drains
+                table = table.pin_memory()
+            self._freq_memo[key] = table.to(device, non_blocking=True)
         return self._freq_memo[key]
 
     def attend(
@@ -319,6 +363,8 @@ class KVCache:
         skip = (plan.write_start - plan.local_start) * t
         buf.k[:, plan.write_start * t : plan.local_end * t] = k[:, skip:]
         buf.v[:, plan.write_start * t : plan.local_end * t] = v[:, skip:]
+        if self.roped is not None:
+            return self._attend_roped(plan, layer, apply_rope(q, plan.q_freqs), k[:, skip:], memory)
         sink, lo, hi = plan.sink_slots * t, plan.local_lo * t, plan.local_end * t
         k_parts, v_parts = [buf.k[:, :sink]], [buf.v[:, :sink]]
         if plan.mem_freqs is not None and memory is not None:
@@ -331,6 +377,30 @@ class KVCache:
         if plan.mem_freqs is not None and memory is not None:
             freqs = torch.cat([plan.k_freqs[..., :sink, :, :], plan.mem_freqs, plan.k_freqs[..., sink:, :, :]], dim=-3)
         return attention(apply_rope(q, plan.q_freqs), apply_rope(k_cat, freqs), v_cat)
+
+    def _attend_roped(self, plan: AttendPlan, layer: int, q: Tensor, k_new: Tensor, memory: MemoryKV | None) -> Tensor:
+        """:meth:`attend` with the RoPE cache: rope the new keys (and stale runs) only.
+
+        The new frames' keys sit at the queries' positions (both position rules), so
+        ``q_freqs`` rotates them. Native attends one contiguous run of slots: no copy at all.
+        """
+        t, buf, roped = self.tokens_per_frame, self.layers[layer], self.roped
+        for first, end, freqs in plan.rerope:
+            roped.write(layer, first, buf.k[:, first * t : end * t], freqs)
+        skip = (plan.write_start - plan.local_start) * t
+        roped.write(layer, plan.write_start, k_new, plan.q_freqs[..., skip:, :, :] if skip else plan.q_freqs)
+        keys = roped.keys[layer]
+        sink, lo, hi = plan.sink_slots * t, plan.local_lo * t, plan.local_end * t
+        with_memory = plan.mem_freqs is not None and memory is not None
+        if not with_memory and lo == sink:
+            return attention(q, keys[:, :hi], buf.v[:, :hi])
+        k_parts, v_parts = [keys[:, :sink]], [buf.v[:, :sink]]
+        if with_memory:
+            k_parts.append(roped.memory_keys(layer, memory, memory.k[layer], plan.mem_freqs))
+            v_parts.append(memory.v[layer])
+        k_parts.append(keys[:, lo:hi])
+        v_parts.append(buf.v[:, lo:hi])
+        return attention(q, torch.cat(k_parts, dim=1), torch.cat(v_parts, dim=1))
 
     def roped_keys(self, layer: int) -> Tensor:
         """Keys of the filled slots roped with absolute frame indices (reference native layout)."""

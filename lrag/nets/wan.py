@@ -18,7 +18,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.nets.attention import apply_rope, attention, grid_positions, rope_freqs
+from lrag.nets.attention import SdpaBackend, apply_rope, attention, check_sdpa_backend, grid_positions, rope_freqs, \
+    sdpa_backend
 from lrag.nets.kv_cache import EvictedKV, KVCache, MemoryKV
 from lrag.nets.policy import AttentionPolicy
 
@@ -127,7 +128,9 @@ def sinusoidal_embedding(dim: int, position: Tensor) -> Tensor:
     """``[N, dim]`` float64 embedding: cos half, then sin half, freqs ``10000^(-i/half)``."""
     half = dim // 2
     position = position.to(torch.float64)
-    sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))
+    # arange made on the device: a host tensor moved there would be a pageable copy per call (a stall)
+    steps = torch.arange(half, device=position.device, dtype=position.dtype)
+    sinusoid = torch.outer(position, torch.pow(10000, -steps.div(half)))
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1)
 
 
@@ -164,11 +167,12 @@ class WanAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return rearrange(x, "b l (n d) -> b l n d", n=self.num_heads)
 
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention inputs ``[B, L, heads, head_dim]`` (q and k normed, not roped)."""
+        return self._heads(self.norm_q(self.q(x))), self._heads(self.norm_k(self.k(x))), self._heads(self.v(x))
+
     def self_attention(self, x: Tensor, attend: Attend) -> Tensor:
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(x)))
-        v = self._heads(self.v(x))
-        return self.o(attend(q, k, v).flatten(2))
+        return self.o(attend(*self.qkv(x)).flatten(2))
 
     def cross_attention(self, x: Tensor, context: Tensor) -> Tensor:
         q = self._heads(self.norm_q(self.q(x)))
@@ -189,22 +193,43 @@ class WanBlock(nn.Module):
         self.norm2 = WanLayerNorm(cfg.dim, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self._compiled: tuple[Callable, Callable] | None = None
 
     def forward(self, x: Tensor, e: Tensor, context: Tensor, attend: Attend) -> Tensor:
         """x ``[B, L, D]``; e ``[B, F, 6, D]`` (L = F * tokens); context ``[B, Lc, D]``."""
-        f = e.shape[1]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
+        pre, post = self._compiled or (self.pre_attention, self.post_attention)
+        mod = self.modulation.unsqueeze(1) + e  # (B, F, 6, D)
+        return post(x, attend(*pre(x, mod)), mod, context)
 
-        def frames(t: Tensor) -> Tensor:  # (B, F, tokens, D)
-            return rearrange(t, "b (f l) d -> b f l d", f=f)
+    def pre_attention(self, x: Tensor, mod: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Modulated norm and q/k/v of the self-attention (everything before the KV cache)."""
+        shift1, scale1 = mod[:, :, 0:1], mod[:, :, 1:2]
+        h = _per_frame(self.norm1(x), mod.shape[1], lambda t: t * (1 + scale1) + shift1)
+        return self.self_attn.qkv(h)
 
-        h = rearrange(frames(self.norm1(x)) * (1 + scale1) + shift1, "b f l d -> b (f l) d")
-        y = self.self_attn.self_attention(h, attend)
-        x = x + rearrange(frames(y) * gate1, "b f l d -> b (f l) d")
+    def post_attention(self, x: Tensor, y: Tensor, mod: Tensor, context: Tensor) -> Tensor:
+        """Output projection, gated residual, cross-attention and the modulated FFN."""
+        f = mod.shape[1]
+        gate1, shift2, scale2, gate2 = mod[:, :, 2:3], mod[:, :, 3:4], mod[:, :, 4:5], mod[:, :, 5:6]
+        x = x + _per_frame(self.self_attn.o(y.flatten(2)), f, lambda t: t * gate1)
         x = x + self.cross_attn.cross_attention(self.norm3(x), context)
-        h = rearrange(frames(self.norm2(x)) * (1 + scale2) + shift2, "b f l d -> b (f l) d")
-        y = self.ffn(h)
-        return x + rearrange(frames(y) * gate2, "b f l d -> b (f l) d")
+        h = _per_frame(self.norm2(x), f, lambda t: t * (1 + scale2) + shift2)
+        return x + _per_frame(self.ffn(h), f, lambda t: t * gate2)
+
+    def compile_halves(self, **options: object) -> None:
+        """``torch.compile`` the two halves around the self-attention call, which stays eager.
+
+        The KV cache's slicing and RoPE bookkeeping change between calls and would recompile;
+        the halves see one shape per run (``options`` go to ``torch.compile``, e.g. ``mode``).
+        Compiled kernels fuse norms and modulation, so outputs differ from eager in the last bits.
+        """
+        options = {"dynamic": False, **options}
+        self._compiled = (torch.compile(self.pre_attention, **options), torch.compile(self.post_attention, **options))
+
+
+def _per_frame(t: Tensor, frames: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply ``fn`` to ``t [B, F*tokens, D]`` viewed as ``[B, F, tokens, D]`` (per-frame modulation)."""
+    return rearrange(fn(rearrange(t, "b (f l) d -> b f l d", f=frames)), "b f l d -> b (f l) d")
 
 
 class Head(nn.Module):
@@ -228,13 +253,20 @@ class CausalWanModel(nn.Module):
         config: The architecture; leave it out to use ``preset``.
         preset: Name of a :data:`PRESETS` architecture (``wan_1_3b``, ``tiny``, ``golden_tiny``),
             used when ``config`` is not given.
+        attention_backend: SDPA backend of every attention call: ``auto`` (SDPA's choice),
+            ``flash``, ``cudnn``, ``efficient`` or ``math``; a speed knob, no weights change.
+        rope_cache: Caches made by :meth:`new_cache` keep keys roped once, when written
+            (:mod:`lrag.nets.rope_cache`): bit-identical outputs, one more K buffer of the window.
     """
 
-    def __init__(self, config: WanConfig | None = None, preset: str | None = None) -> None:
+    def __init__(self, config: WanConfig | None = None, preset: str | None = None,
+                 attention_backend: SdpaBackend = "auto", rope_cache: bool = True) -> None:
         super().__init__()
         if (config is None) == (preset is None):
             raise ValueError("CausalWanModel: give exactly one of `config` (a WanConfig) or `preset` "
                              f"(one of {sorted(PRESETS)}).")
+        self.attention_backend: str = check_sdpa_backend(attention_backend)
+        self.rope_cache = rope_cache
         self.config = cfg = config if config is not None else preset_config(preset)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
@@ -242,6 +274,11 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
+
+    def compile_blocks(self, **options: object) -> None:
+        """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``)."""
+        for block in self.blocks:
+            block.compile_halves(**options)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(h, w)`` of one latent frame; raises if the size does not divide."""
@@ -260,13 +297,18 @@ class CausalWanModel(nn.Module):
         device: torch.device | str | None = None,
         on_evict: Callable[[EvictedKV], None] | None = None,
         reference_cpu_alias: bool = False,
+        rope_cache: bool | None = None,
     ) -> KVCache:
-        """Empty :class:`KVCache` for latents of ``height x width`` (see ``KVCache.empty``)."""
+        """Empty :class:`KVCache` for latents of ``height x width`` (see ``KVCache.empty``).
+
+        ``rope_cache`` None: the model's :attr:`rope_cache`.
+        """
         device = device if device is not None else self.patch_embedding.weight.device
         cfg = self.config
         return KVCache.empty(
             policy, cfg.num_layers, batch, self.token_grid(height, width), cfg.num_heads, cfg.head_dim,
             dtype, device, cfg.rope_theta, on_evict, reference_cpu_alias,
+            self.rope_cache if rope_cache is None else rope_cache,
         )
 
     def _embed(self, x: Tensor, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -302,8 +344,9 @@ class CausalWanModel(nn.Module):
     def _run(self, x: Tensor, t: Tensor, context: Tensor, attend_for: Callable[[int], Attend]) -> Tensor:
         tokens, e, e0, ctx = self._embed(x, t, context)
         f = x.shape[1] // self.config.patch_size[0]
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, ctx, attend_for(i))  # (B, L, D)
+        with sdpa_backend(self.attention_backend):
+            for i, block in enumerate(self.blocks):
+                tokens = block(tokens, e0, ctx, attend_for(i))  # (B, L, D)
         grid = (f, *self.token_grid(*x.shape[-2:]))
         return self._unpatchify(self.head(tokens, e), grid)
 

@@ -9,6 +9,7 @@ extra_one_step=True).set_timesteps(num_train_timesteps)`` exactly (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +69,7 @@ class FlowMatchSchedule:
         self.scheduler_sigmas = self.shift * s / (1 + (self.shift - 1) * s)
         self.scheduler_timesteps = self.scheduler_sigmas * self.num_train_timesteps
         self.timesteps = self._step_timesteps()
+        self._on_device: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
     def _step_timesteps(self) -> Tensor:
         steps = torch.tensor(self.denoising_steps, dtype=torch.long)
@@ -76,9 +78,20 @@ class FlowMatchSchedule:
         grid = torch.cat([self.scheduler_timesteps, torch.zeros(1)])
         return grid[self.num_train_timesteps - steps]
 
+    def _grid(self, name: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``scheduler_sigmas`` / ``scheduler_timesteps`` on ``device`` in ``dtype``, copied once.
+
+        A fresh host->GPU copy per call would be pageable, so it would stall the host until the
+        GPU drains - several times per block in the sampler.
+        """
+        key = (name, device, dtype)
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, name).to(device=device, dtype=dtype)
+        return self._on_device[key]
+
     def _nearest(self, t: Tensor, dtype: torch.dtype) -> Tensor:
         """Index of the grid timestep nearest to each entry of ``t`` (any shape)."""
-        grid = self.scheduler_timesteps.to(device=t.device, dtype=dtype)
+        grid = self._grid("scheduler_timesteps", t.device, dtype)
         flat = t.reshape(-1).to(dtype)
         return torch.argmin((grid.unsqueeze(0) - flat.unsqueeze(1)).abs(), dim=1).reshape(t.shape)
 
@@ -87,7 +100,7 @@ class FlowMatchSchedule:
         t = torch.as_tensor(t, dtype=torch.float32)
         if not torch.isfinite(t).all():
             raise ValueError(f"FlowMatchSchedule.sigma: timestep contains NaN/inf: {t}")
-        return self.scheduler_sigmas.to(device=t.device, dtype=dtype)[self._nearest(t, dtype)]
+        return self._grid("scheduler_sigmas", t.device, dtype)[self._nearest(t, dtype)]
 
     @staticmethod
     def _expand(coeff: Tensor, like: Tensor, name: str) -> Tensor:
@@ -111,7 +124,7 @@ class FlowMatchSchedule:
         """
         if x_t.shape != flow.shape:
             raise ValueError(f"x0_from_flow: x_t {tuple(x_t.shape)} and flow {tuple(flow.shape)} differ")
-        sig = self.scheduler_sigmas.to(device=t.device, dtype=torch.float64)[self._nearest(t, torch.float64)]
+        sig = self._grid("scheduler_sigmas", t.device, torch.float64)[self._nearest(t, torch.float64)]
         sig = self._expand(sig, x_t, "x0_from_flow")
         return (x_t.double() - sig * flow.double()).to(flow.dtype)
 
@@ -125,10 +138,15 @@ class FlowMatchSchedule:
         """
         if x0.shape != noise.shape:
             raise ValueError(f"add_noise: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ")
-        t = torch.as_tensor(t, dtype=torch.float32, device=x0.device)
-        if t.ndim == 0:
-            t = t.expand(x0.shape[:1])
-        sig = self._expand(self.sigma(t), x0, "add_noise")
+        if isinstance(t, (int, float)):  # the sampler's case: check on the host, fill on the device (no sync)
+            if not math.isfinite(t):
+                raise ValueError(f"FlowMatchSchedule.sigma: timestep contains NaN/inf: {t}")
+            t = torch.full(x0.shape[:1], float(t), dtype=torch.float32, device=x0.device)
+            sig = self._grid("scheduler_sigmas", t.device, torch.float32)[self._nearest(t, torch.float32)]
+        else:
+            t = torch.as_tensor(t, dtype=torch.float32, device=x0.device)
+            sig = self.sigma(t.expand(x0.shape[:1]) if t.ndim == 0 else t)
+        sig = self._expand(sig, x0, "add_noise")
         return ((1 - sig) * x0 + sig * noise).type_as(noise)
 
     def __repr__(self) -> str:

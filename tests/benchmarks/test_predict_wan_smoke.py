@@ -139,3 +139,23 @@ def test_profile_labels_every_stage_of_a_block(predict_wan, tmp_path) -> None:
         assert stages.get(label, 0.0) > 0.0, (label, stages)
     text = (tmp_path / "prof" / "profile_rag-recompute.txt").read_text()
     assert "recompute retrieved K/V" in text and "ms/block" in text
+
+
+@pytest.mark.slow  # 4 tiny runs, ~15 s on 2 cores
+def test_speed_knobs_run_side_by_side_and_rope_cache_keeps_latents(predict_wan, tmp_path) -> None:
+    out = tmp_path / "knobs.json"
+    rc = predict_wan.main([*TINY, "--frames", "21", "--kv-tier", "device", "--sdpa-backend", "math",
+                           "--rope-cache", "on", "off", "--json", str(out)])
+    assert rc == 0
+    runs = {r["mode"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"native[math]", "native[math,no-rope-cache]", "rag-device[math]",
+                         "rag-device[math,no-rope-cache]"}
+    assert runs["native[math]"]["equal_to_no_rope_cache"] is True
+    assert runs["rag-device[math]"]["equal_to_no_rope_cache"] is True
+    assert runs["rag-device[math,no-rope-cache]"]["throughput_vs_native"] > 0  # against its own variant's native
+
+
+def test_compile_with_several_backends_is_refused(predict_wan, capsys) -> None:
+    with pytest.raises(SystemExit):
+        predict_wan.parse_args([*TINY, "--compile", "--sdpa-backend", "auto", "cudnn"])
+    assert "run one process per backend" in capsys.readouterr().err

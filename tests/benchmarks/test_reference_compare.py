@@ -154,3 +154,16 @@ def test_bad_frames_and_tiny_defaults(bench, capsys) -> None:
     assert (cfg.num_heads, cfg.head_dim, cfg.num_layers) == (12, 128, 1)  # the reference's fixed cache heads
     full = compare.model_config(compare.parse_args(["--reference", "x"]))
     assert (full.num_layers, full.dim, full.text_len, full.text_dim) == (30, 1536, 512, 4096)
+
+
+def test_our_rows_follow_the_speed_knobs(bench, capsys) -> None:
+    compare = bench[2]
+    from predict_wan_setup import modes_from
+
+    args = compare.parse_args(["--reference", "x", "--sdpa-backend", "auto", "cudnn", "--rope-cache", "on", "off"])
+    names = ["ours" + m.variant for m in modes_from(args)]
+    assert names == ["ours", "ours[no-rope-cache]", "ours[cudnn]", "ours[cudnn,no-rope-cache]"]
+    assert all(m.memory_size == 0 for m in modes_from(args))  # native only
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--reference", "x", "--compile", "--sdpa-backend", "auto", "cudnn"])
+    assert "one process per backend" in capsys.readouterr().err

@@ -51,3 +51,23 @@ def test_shape_mismatch_raises() -> None:
     s = FlowMatchSchedule()
     with pytest.raises(ValueError, match="prefix"):
         s.x0_from_flow(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), torch.zeros(3))
+
+
+def test_add_noise_scalar_and_tensor_timesteps_agree_and_nan_is_refused() -> None:
+    sched = FlowMatchSchedule(5.0)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 4, generator=gen), torch.randn(2, 3, 4, generator=gen)
+    scalar = sched.add_noise(x0, noise, 750.0)
+    assert torch.equal(scalar, sched.add_noise(x0, noise, torch.tensor(750.0)))
+    assert torch.equal(scalar, sched.add_noise(x0, noise, torch.full((2,), 750.0)))
+    with pytest.raises(ValueError, match="NaN/inf"):
+        sched.add_noise(x0, noise, float("nan"))
+
+
+def test_grids_are_copied_once_per_device_and_dtype() -> None:
+    sched = FlowMatchSchedule(5.0)
+    t = torch.full((2, 3), 500.0)
+    sched.x0_from_flow(torch.zeros(2, 3, 4), torch.ones(2, 3, 4), t)
+    first = dict(sched._on_device)
+    sched.x0_from_flow(torch.zeros(2, 3, 4), torch.ones(2, 3, 4), t)
+    assert sched._on_device.keys() == first.keys() and all(sched._on_device[k] is v for k, v in first.items())
