@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 
 from lrag.memory.key_descriptor import GeneratorKeys, shortlist_rerank
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
+from lrag.memory.recompute import RecomputedKV, RecomputeFn
 from lrag.memory.retrieval import mmr_topk, num_eligible
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
@@ -35,9 +35,6 @@ DESCRIPTORS = ("avg_pool", "ae", "gen_keys")
 KV_ORDERS = ("rank", "time")
 KV_TIERS = ("device", "host", "int8", "recompute")
 _OFFLOADED = ("host", "int8")
-
-# (global frame indices) -> (per-layer K, per-layer V), each [B, n, tokens, heads, head_dim].
-RecomputeFn = Callable[[list[int]], tuple[list[Tensor], list[Tensor]]]
 
 
 @dataclass
@@ -155,7 +152,7 @@ class RetrievalMemory:
         self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
         self.kv_order = "rank"
         self.embedder: nn.Module | None = None
-        self._recompute: RecomputeFn | None = None
+        self._rebuilt = RecomputedKV()
         self.first_candidate = 0
         budget = None if host_budget_gib is None else int(host_budget_gib * 2**30)
         self._offload = OffloadedKV(kv_tier == "int8", host_chunk_frames, budget) if kv_tier in _OFFLOADED else None
@@ -173,8 +170,8 @@ class RetrievalMemory:
         self.records: list[RetrievalRecord] = []
         self._plan: PlannedRetrieval | None = None
         self._taken: PlannedRetrieval | None = None
-        self._recomputed = {}
-        self.recomputed_frames = self.reused_frames = 0
+        self._rebuilt.forget()
+        self._rebuilt.reset_counts()
         if getattr(self, "_offload", None) is not None:
             self._offload.clear()
 
@@ -205,12 +202,12 @@ class RetrievalMemory:
 
     def set_recompute(self, fn: RecomputeFn | None) -> None:
         """Install the K/V rebuild hook of the ``recompute`` tier (the sampler does this)."""
-        self._recompute = fn
-        self.forget_recomputed()
+        self._rebuilt.fn = fn
+        self._rebuilt.forget()
 
     def forget_recomputed(self) -> None:
         """Drop the recompute tier's GPU cache (its K/V depend on the prompt: call on a switch)."""
-        self._recomputed: dict[int, tuple[Tensor, Tensor]] = {}  # frame -> (layers, B, tokens, h, d) K, V
+        self._rebuilt.forget()
 
     @property
     def pool_size(self) -> int:
@@ -398,7 +395,7 @@ class RetrievalMemory:
     def copy_stats(self) -> dict[str, int]:
         """Frames copied from the host ring (recompute tier: rebuilt) vs reused on the GPU since :meth:`reset`."""
         if self._offload is None:  # recompute tier: frames rebuilt vs kept from the previous block
-            return {"copied_frames": self.recomputed_frames, "reused_frames": self.reused_frames}
+            return {"copied_frames": self._rebuilt.rebuilt_frames, "reused_frames": self._rebuilt.reused_frames}
         return {"copied_frames": self._offload.copied_frames, "reused_frames": self._offload.reused_frames}
 
     def gather(self, record: RetrievalRecord | None, device: torch.device | str) -> MemoryKV | None:
@@ -457,28 +454,11 @@ class RetrievalMemory:
         return offsets[rows, slots.to(offsets.device)].to(device)
 
     def _gather_recomputed(self, record: RetrievalRecord, device: torch.device | str) -> MemoryKV:
-        if self._recompute is None:
-            raise RuntimeError("kv_tier 'recompute' needs a hook: the sampler installs it via set_recompute()")
-        b, k_sel = record.frames.shape
         frames = self._kv_frames(record.frames)
-        rows = frames.tolist()  # the hook needs the frames on the host: one sync per block
-        # Frames retrieved by the previous block are still on the GPU; the others are rebuilt in
-        # one batched pass (each frame still attends only to itself).
-        wanted = {f for row in rows for f in row}  # a frame retrieved by several samples is built once
-        new = sorted(wanted - self._recomputed.keys())
-        if new:
-            k_l, v_l = self._recompute(new)  # per layer [B, n, tokens, h, d]
-            for j, frame in enumerate(new):
-                self._recomputed[frame] = (torch.stack([k[:, j] for k in k_l]), torch.stack([v[:, j] for v in v_l]))
-        self.recomputed_frames += len(new)
-        self.reused_frames += len(wanted) - len(new)
-        self._recomputed = {f: self._recomputed[f] for row in rows for f in row}  # this block's only
-        ks = [torch.stack([self._recomputed[f][0][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
-        vs = [torch.stack([self._recomputed[f][1][:, bi] for f in row], dim=1) for bi, row in enumerate(rows)]
-        k = rearrange(torch.stack(ks, dim=1), "l b k t h d -> l b (k t) h d").to(device)
-        v = rearrange(torch.stack(vs, dim=1), "l b k t h d -> l b (k t) h d").to(device)
+        # The hook needs the frames on the host: one sync per block.
+        k, v = self._rebuilt.gather(frames.tolist(), device)
         offsets = self._gather_offsets(self._pool_slots(frames), device)
-        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), k_sel, offsets)
+        return MemoryKV(list(k.unbind(0)), list(v.unbind(0)), record.frames.shape[1], offsets)
 
     def stored_bytes(self) -> int:
         """Bytes of K/V held by the pool (0 for the recompute tier; int8 scales included)."""
