@@ -42,6 +42,7 @@ def test_a_run_stored_before_the_move_resumes_bit_identically(tmp_path, monkeypa
     main(["predict", "--config", str(ROOT / "configs" / "predict" / "demo.yaml"),
           "--model.init_args.num_frames", "24", "--data.init_args.num_frames", "24",
           "--model.init_args.run_name", "old", "--model.init_args.progress", "false",
+          "--model.init_args.memory.init_args.store_stride", "1",  # 0.1 kept every frame
           "--trainer.logger", "false", "--trainer.callbacks", "[]", "--resume", "old-0"])
     resumed = RunOutputs(tmp_path / "runs" / "old-0", "old-0", {}, 16, False).read_blocks(8)
     expected = np.load(FIXTURE / "expected_latents.npy")
