@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tarfile
+import tokenize
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Literal
 
@@ -60,7 +61,10 @@ def read_npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if reader is None:
         raise ValueError(f"unsupported .npy version {version}")
-    shape, _, dtype = reader(handle)
+    try:
+        shape, _, dtype = reader(handle)
+    except (SyntaxError, tokenize.TokenError) as err:  # numpy tokenizes a damaged header dict
+        raise ValueError(f"unparsable header: {err}") from err
     return tuple(shape), dtype, handle.tell()
 
 

@@ -18,7 +18,10 @@ def test_parser_reads_demo_config_and_flags() -> None:
                                      "--budgets", "[replace, add]"])
     assert cfg.seeds == [1005, 1006]
     assert cfg.budgets == ["replace", "add"]
-    assert cfg.descriptors == ["avg_pool", "ae:asset:embedder_tiny.safetensors", "oracle"]
+    assert cfg.descriptors == ["avg_pool", "ae:asset:embedder_tiny.safetensors",
+                               "ae:asset:embedder_tiny.safetensors+stride5", "oracle"]
+    default = build_parser().parse_args(["--config", str(CONFIG)])
+    assert default.seeds == list(range(1000, 1048)) and default.workers == 2  # the held-out suite
     assert cfg.backbone_checkpoint == "asset:backbone_tiny.safetensors" and cfg.camera == "position"
     assert cfg.sink_swap is None
     assert cfg.diversity == 0.0 and build_parser().parse_args(["--diversity", "0.3"]).diversity == 0.3
