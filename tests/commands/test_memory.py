@@ -232,3 +232,10 @@ def test_index_and_search_flags(db, capsys):
             main(["memory", "search", "--run", "beta", "--frame", "5", flag, "0", "--db", db])
     with pytest.raises(SystemExit, match="--min-rows must be a number > 0"):
         main(["memory", "index", "--min-rows", "0", "--db", db])
+
+
+def test_the_help_default_of_keep_versions_is_the_store_default() -> None:
+    from lrag.commands.memory import KEEP_VERSIONS_S
+    from lrag.memory.store import DEFAULT_KEEP_VERSIONS
+
+    assert KEEP_VERSIONS_S == DEFAULT_KEEP_VERSIONS.total_seconds()
