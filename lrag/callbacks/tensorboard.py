@@ -104,7 +104,8 @@ class PredictTensorBoard(L.Callback):
         writer = getattr(logger, "experiment", None) if logger is not None else None
         if not hasattr(writer, "add_image") or not isinstance(outputs, dict):
             return
-        store = MemoryStore(pl_module.hparams.store_uri, read_only=True)
+        # Through lancedb, which the predict run has loaded anyway (the read-only path needs pylance).
+        store = MemoryStore(pl_module.hparams.store_uri)
         stats = {s["run_id"]: s for s in getattr(pl_module, "run_stats", [])}
         for run_id, run_dir in zip(outputs.get("run_ids", []), outputs.get("dirs", []), strict=True):
             self._log_run(writer, logger, store, run_id, Path(run_dir), stats.get(run_id))
