@@ -123,7 +123,12 @@ class StoreTables:
         if self.read_only:
             table = self._dataset(name)
         elif name in self._db.list_tables().tables:
-            table = self._db.open_table(name)
+            try:
+                table = self._db.open_table(name)
+            except ValueError as err:  # listed while another process is still creating it
+                if "not found" not in str(err):
+                    raise
+                table = None
         else:
             table = None
         if table is None:

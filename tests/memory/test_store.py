@@ -302,3 +302,18 @@ def test_two_processes_appending_lose_no_rows(tmp_path):
         assert store.retrievals(run).num_rows == 20
         assert store.completed_blocks(run) == 20
         assert store.get_run(run)["frames_done"] == 60
+
+
+def test_a_table_still_being_created_by_another_process_counts_as_missing(tmp_path) -> None:
+    # LanceDB lists a table as soon as its folder exists; until its first version is committed,
+    # opening it fails. A concurrent compaction or reader must skip it, not crash.
+    from lrag.memory.schema import RunInfo
+    from lrag.memory.store import MemoryStore
+
+    uri = tmp_path / "memory.lancedb"
+    MemoryStore(uri, embedding_capacity=16).start_run(RunInfo("seed", "", "tiny", {}, [], 0, 0))
+    (uri / "frames.lance").mkdir()
+    store = MemoryStore(uri)
+    assert "frames" in store._db.list_tables().tables
+    stats = store.storage_stats()
+    assert "frames" not in stats.rows and stats.rows["runs"] == 1
