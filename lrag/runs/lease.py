@@ -29,18 +29,31 @@ class LeaseHeldError(RuntimeError):
     """Another live process holds the run's lease."""
 
 
-def _process_start(pid: int) -> str | None:
-    """Kernel start time of ``pid`` (jiffies since boot, Linux), to tell a reused pid apart."""
+def _process_stat(pid: int) -> tuple[str, str] | None:
+    """``(state, start time)`` of ``pid`` from ``/proc`` (Linux): the state letter (``Z`` for a
+    zombie) and the kernel start time in jiffies since boot, which tells a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    # The command name (field 2) may contain spaces, so split after its ')': state is field 3,
+    # start time field 22.
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
+
+def _process_start(pid: int) -> str | None:
+    """Kernel start time of ``pid`` (jiffies since boot, Linux), to tell a reused pid apart."""
+    stat = _process_stat(pid)
+    return None if stat is None else stat[1]
 
 
 def _alive(holder: dict[str, Any]) -> bool:
-    """Whether the process of a lease on this host still runs (and is the same process)."""
+    """Whether the process of a lease on this host still runs (and is the same process).
+
+    A killed process whose parent has not reaped it yet is a zombie: it still has a pid but
+    writes nothing any more, so it holds no lease.
+    """
     pid = int(holder.get("pid", -1))
     if pid <= 0:
         return False
@@ -50,7 +63,10 @@ def _alive(holder: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by another user
-    recorded, current = holder.get("proc_start"), _process_start(pid)
+    stat = _process_stat(pid)
+    if stat is not None and stat[0] in ("Z", "X"):
+        return False
+    recorded, current = holder.get("proc_start"), None if stat is None else stat[1]
     return recorded is None or current is None or recorded == current
 
 

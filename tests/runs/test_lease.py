@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,24 @@ def test_a_live_holder_refuses_and_a_killed_one_is_taken_over(tmp_path):
     with RunLease(tmp_path, "r-0") as lease:
         assert lease.holder()["pid"] == os.getpid()
     assert not (tmp_path / "lease.json").exists()
+
+
+def test_a_killed_holder_not_yet_reaped_holds_no_lease(tmp_path):
+    # Killed but not waited for: a zombie keeps its pid (kill(pid, 0) succeeds) but writes nothing.
+    proc = _holder(tmp_path)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        state = ""
+        for _ in range(500):  # until the kernel has turned it into a zombie
+            state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.01)
+        assert state == "Z"
+        with RunLease(tmp_path, "r-0") as lease:
+            assert lease.holder()["pid"] == os.getpid()
+    finally:
+        proc.wait()
 
 
 def test_a_lease_of_another_host_is_never_taken_over(tmp_path):
