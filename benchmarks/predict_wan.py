@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write results to this JSON file (rewritten after every run)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the timed runs, profile a few steady blocks per mode into DIR/profile_<mode>.txt")
+    p.add_argument("--profile-torch", action="store_true",
+                   help="with --profile: also run those blocks under torch.profiler for a top-ops table (slow)")
     args = p.parse_args(argv)
     for token in args.kv_tier:
         tier, _, stride = token.partition(":")
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         from predict_wan_profile import profile_mode
 
         pctx = {**ctx, "model": model, "embedder": embedder}
-        result["profiles"] = [profile_mode(m, pctx, Path(args.profile)) for m in modes]
+        result["profiles"] = [profile_mode(m, pctx, Path(args.profile), torch_profiler=args.profile_torch)
+                              for m in modes]
         for prof in result["profiles"]:
             log.info("profile %s: %s", prof["mode"],
                      ", ".join(f"{k} {v:.1f} ms" for k, v in prof["stage_ms_per_block"].items()))

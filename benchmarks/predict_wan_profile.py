@@ -85,10 +85,6 @@ def _instrument(sampler, clock: _StageClock) -> None:
     memory.set_recompute = set_recompute
 
 
-def _device_us(evt) -> float:
-    return float(getattr(evt, "device_time_total", 0.0) or getattr(evt, "cuda_time_total", 0.0) or 0.0)
-
-
 def profile_mode(mode, ctx: dict, out_dir: Path, active_blocks: int = 3, torch_profiler: bool = False) -> dict:
     """Time ``active_blocks`` steady-state blocks of ``mode`` per stage; returns ms/block per stage."""
     from predict_wan_measure import release

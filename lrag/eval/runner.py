@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import math
 import multiprocessing
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lrag.memory.key_descriptor import GeneratorKeys, shortlist_rerank
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.recompute import RecomputedKV, RecomputeFn
-from lrag.memory.retrieval import mmr_topk, num_eligible
+from lrag.memory.retrieval import mmr_topk
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
@@ -300,9 +300,11 @@ class RetrievalMemory:
         return record
 
     def _num_eligible(self) -> int:
-        """Pool entries that may be retrieved: all but those among the R newest evicted frames."""
-        if self.store_stride == 1:  # the pool holds every evicted frame: the reference's count
-            return num_eligible(len(self._pool), self.recent_exclude)
+        """Pool entries that may be retrieved: all but those among the R newest evicted frames.
+
+        Counted in frames, not pool entries, so a strided pool excludes the same frames; with
+        every frame kept this is the reference's ``num_eligible(len(pool), R)``.
+        """
         return bisect.bisect_right(self._pool_frames, self._last_evicted - self.recent_exclude)
 
     def _rank(self, eligible: int) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from lrag.memory.bank import RetrievalMemory, RetrievalRecord
-from lrag.memory.retrieval import num_eligible
 
 __all__ = ["GroundTruthMemory"]
 
@@ -87,7 +86,7 @@ class GroundTruthMemory(RetrievalMemory):
             return None
         if self.iou is None:
             raise RuntimeError("GroundTruthMemory: call set_positions() before sampling.")
-        eligible = self._pool_frames[: num_eligible(len(self._pool), self.recent_exclude)]
+        eligible = self._pool_frames[: self._num_eligible()]
         if not eligible:
             return None
         cand = torch.tensor(eligible, dtype=torch.long, device=self.iou.device)

@@ -32,7 +32,6 @@ from lrag.memory.schema import (
     RetrievalRow,
     RunInfo,
     RunStatus,
-    SchemaVersionError,
     StoreError,
     decode_run,
     frame_dict,
