@@ -20,6 +20,15 @@ mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
 # -- environment -------------------------------------------------------------------------
+# What the GPU image lacks, carried in the ignored .devcarry/ (benchmarks/predict_e2e_gpu.sh says how
+# to build it): lancedb as an xz-packed site folder, pure-Python wheels, the reference's files.
+if [[ -f .devcarry/lancedb_site.tar.xz ]]; then
+  mkdir -p /tmp/site && tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
+fi
+if compgen -G ".devcarry/whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .devcarry/whl/*.whl > "$OUT/pip_devcarry.log" 2>&1 || echo "pip install of .devcarry/whl failed" | tee -a "$OUT/summary.txt"
+fi
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || echo "pip install of .whl/ failed (see pip.log)" | tee -a "$OUT/summary.txt"
@@ -69,6 +78,9 @@ run_step() {
 # over several device calls of at most 10 minutes each:
 #   tiersN   every KV tier at N frames, incl. store_stride 5 for int8/host, with a profile per mode
 #   longN    native vs the bounded tiers (LRAG_LONG_TIERS, default "int8:5 host:10") at N frames, e.g. long960
+#   refknobsN    ours (auto, cuDNN SDPA) vs the reference at N frames (needs .devcarry/reference)
+#   refcompileN  the same with our block compile
+#   e2e      lrag predict end to end vs the bare sampler + the <= 24 GB config (LRAG_E2E_REPEATS, default 1)
 #   embedder the frame embedder fit of issue 6
 STEPS=${LRAG_GPU_STEPS:-"tiers$SHORT long$LONG"}
 for step in $STEPS; do
@@ -84,6 +96,18 @@ for step in $STEPS; do
       run_step predict_wan_$n 560 python3 benchmarks/predict_wan.py "${MODEL[@]}" \
         --frames "$n" --modes native rag --kv-tier ${LRAG_LONG_TIERS:-int8:5 host:10} \
         --time-budget @TIME_BUDGET@ --json "$OUT/predict_wan_$n.json" ;;
+    refknobs*)  # ours (auto and cuDNN SDPA) vs the reference, same weights, 2 interleaved repeats
+      n=${step#refknobs}
+      run_step reference_compare_$n 300 python3 benchmarks/reference_compare.py --reference .devcarry/reference \
+        --frames "$n" --repeats 2 --sdpa-backend auto cudnn --json "$OUT/reference_compare_$n.json" ;;
+    refcompile*)  # the same with our block compile on cuDNN (compile time is in the 2 warm-up blocks)
+      n=${step#refcompile}
+      run_step reference_compare_compile_$n 300 python3 benchmarks/reference_compare.py \
+        --reference .devcarry/reference --frames "$n" --repeats 1 --sdpa-backend cudnn --compile \
+        --warmup-blocks 2 --json "$OUT/reference_compare_compile_$n.json" ;;
+    e2e)  # lrag predict end to end vs the bare sampler, and the <= 24 GB config (targets 5 and 4)
+      run_step predict_e2e 330 python3 benchmarks/predict_e2e.py --repeats "${LRAG_E2E_REPEATS:-1}" \
+        --json "$OUT/predict_e2e.json" --out /tmp/e2e ;;
     embedder)
       EMB_ARGS=(--device "$DEVICE")
       [[ -n ${LRAG_EMBEDDER_ARGS:-} ]] && read -r -a EMB_ARGS <<< "$LRAG_EMBEDDER_ARGS"
@@ -96,7 +120,7 @@ done
 {
   echo "## Full-size GPU benchmarks ($(date -u +%Y-%m-%d))"
   echo
-  for f in "$OUT"/predict_wan_*.md "$OUT"/embedder_fit.md; do
+  for f in "$OUT"/predict_wan_*.md "$OUT"/reference_compare*.md "$OUT"/predict_e2e.md "$OUT"/embedder_fit.md; do
     [[ -s $f ]] && { cat "$f"; echo; }
   done
 } > "$OUT/BENCHMARKS_gpu.md"

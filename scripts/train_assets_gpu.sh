@@ -6,7 +6,9 @@
 #
 # Knobs (environment): OUT (default ./gpu_out), BATCH (256), TRAIN_TIME (00:00:07:00, the
 # trainer's max_time: training stops there and still saves a checkpoint), STEPS (max_steps
-# cap, 100000), EVAL_SEEDS ("1000 1001 1002 1003"), EVAL_FRAMES (48).
+# cap, 100000), EXPOSURE (0.6, the memory_exposure; 0.0 trains the frozen-generator baseline of
+# issue 12: a backbone never shown retrieved frames), EVAL_SEEDS ("1000 1001 1002 1003"; empty:
+# no eval), EVAL_FRAMES (48). What the GPU image lacks comes from .devcarry/whl (gpu_session.sh).
 # Writes $OUT/fit.log, $OUT/backbone.ckpt, $OUT/eval/{report.md,report.json,*.png,tb/},
 # $OUT/eval.log and $OUT/summary.txt.
 set -uo pipefail
@@ -15,10 +17,15 @@ OUT=${OUT:-./gpu_out}
 BATCH=${BATCH:-256}
 TRAIN_TIME=${TRAIN_TIME:-00:00:07:00}
 STEPS=${STEPS:-100000}
-EVAL_SEEDS=${EVAL_SEEDS:-1000 1001 1002 1003}
+EXPOSURE=${EXPOSURE:-0.6}
+EVAL_SEEDS=${EVAL_SEEDS-1000 1001 1002 1003}
 EVAL_FRAMES=${EVAL_FRAMES:-48}
 mkdir -p "$OUT"
 
+if compgen -G ".devcarry/whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .devcarry/whl/*.whl > "$OUT/pip_devcarry.log" 2>&1 || echo "pip install of .devcarry/whl failed"
+fi
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || echo "pip install of .whl/ failed (see $OUT/pip.log)"
@@ -33,12 +40,12 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --
 
 # -- train (it/s is printed every 50 steps) ----------------------------------------------
 ROOT="$OUT/fit"
-echo "training: batch $BATCH, max_time $TRAIN_TIME, camera position" | tee "$OUT/summary.txt"
+echo "training: batch $BATCH, max_time $TRAIN_TIME, max_steps $STEPS, memory_exposure $EXPOSURE, camera position" | tee "$OUT/summary.txt"
 tic=$(date +%s)
 "${LRAG[@]}" fit --config configs/backbone/demo.yaml \
   --trainer.accelerator "$ACCEL" --trainer.max_steps "$STEPS" --trainer.max_time "$TRAIN_TIME" \
   --trainer.default_root_dir "$ROOT" --trainer.log_every_n_steps 50 --trainer.enable_progress_bar false \
-  --model.init_args.camera position --data.init_args.batch_size "$BATCH" \
+  --model.init_args.camera position --model.init_args.memory_exposure "$EXPOSURE" --data.init_args.batch_size "$BATCH" \
   --data.init_args.steps_per_epoch 250 2>&1 | tee "$OUT/fit.log"
 echo "fit: exit ${PIPESTATUS[0]}, $(( $(date +%s) - tic )) s" | tee -a "$OUT/summary.txt"
 CKPT=$(ls -t "$ROOT"/lightning_logs/version_*/checkpoints/*.ckpt 2>/dev/null | head -n 1)
@@ -48,6 +55,7 @@ echo "checkpoint: $CKPT" | tee -a "$OUT/summary.txt"
 grep -E "it/s" "$OUT/fit.log" | tail -n 3 | tee -a "$OUT/summary.txt"
 
 # -- evaluate on held-out worlds ---------------------------------------------------------
+[ -z "$EVAL_SEEDS" ] && exit 0
 tic=$(date +%s)
 # shellcheck disable=SC2086
 "${LRAG[@]}" eval --config configs/eval/demo.yaml --device "$DEVICE" --camera position \

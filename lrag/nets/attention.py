@@ -44,7 +44,22 @@ def sdpa_backend(name: str) -> contextlib.AbstractContextManager:
     """
     if check_sdpa_backend(name) == "auto":
         return contextlib.nullcontext()
-    return sdpa_kernel([_SDPA[name]])
+    return _only_backend(name)
+
+
+@contextlib.contextmanager
+def _only_backend(name: str):
+    """``sdpa_kernel([name])`` whose "no available kernel" failure says which knob to change."""
+    try:
+        with sdpa_kernel([_SDPA[name]]):
+            yield
+    except RuntimeError as err:
+        if not any(m in str(err) for m in ("No available kernel", "No viable backend")):
+            raise
+        raise ValueError(
+            f"attention_backend={name!r} cannot run this attention call on this device or dtype "
+            f"(torch: {str(err).splitlines()[0]}); set the backbone's attention_backend to 'auto', e.g. "
+            "--model.init_args.backbone.init_args.attention_backend auto") from err
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -257,10 +257,15 @@ class CausalWanModel(nn.Module):
             ``flash``, ``cudnn``, ``efficient`` or ``math``; a speed knob, no weights change.
         rope_cache: Caches made by :meth:`new_cache` keep keys roped once, when written
             (:mod:`lrag.nets.rope_cache`): bit-identical outputs, one more K buffer of the window.
+        compiled: ``torch.compile`` every block around its self-attention call
+            (:meth:`compile_blocks`): a GPU speed knob (1.4x native frames/s on an H200 at full
+            size, BENCHMARKS.md); the first blocks of a run pay the compile time, and fused
+            kernels change outputs in the last bits.
     """
 
     def __init__(self, config: WanConfig | None = None, preset: str | None = None,
-                 attention_backend: SdpaBackend = "auto", rope_cache: bool = True) -> None:
+                 attention_backend: SdpaBackend = "auto", rope_cache: bool = True,
+                 compiled: bool = False) -> None:
         super().__init__()
         if (config is None) == (preset is None):
             raise ValueError("CausalWanModel: give exactly one of `config` (a WanConfig) or `preset` "
@@ -274,6 +279,8 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
+        if compiled:
+            self.compile_blocks()
 
     def compile_blocks(self, **options: object) -> None:
         """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``)."""
