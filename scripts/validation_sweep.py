@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="variants with the config's memory_position (default: see default_descriptors)")
     parser.add_argument("--position_descriptors", nargs="*", default=[EMBEDDER, "oracle"],
                         help=f"variants repeated with memory_position {' and '.join(POSITIONS)} (none: skip)")
+    parser.add_argument("--backbone_checkpoint", default=None,
+                        help="another backbone than the config's (e.g. one trained without memory exposure)")
     parser.add_argument("--out", default="runs/validation_sweep")
     args = parser.parse_args(argv)
 
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     base = dataclasses.replace(base, seeds=list(args.seeds), num_frames=args.num_frames, device=args.device,
                                descriptors=args.descriptors or default_descriptors(args.rerank),
                                out_dir=args.out, workers=1)
+    if args.backbone_checkpoint:
+        base = dataclasses.replace(base, backbone_checkpoint=args.backbone_checkpoint)
     groups = [(base, None, "")]
     for pos in POSITIONS:
         if args.position_descriptors and pos != base.memory_position:
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.num_frames} frames, `{args.config}`, memory_position {base.memory_position} unless "
               f"@slot/@ordered; {len(jobs)} jobs on {args.workers} workers ({args.device}), "
               f"{seconds:.0f} s wall\n\n`python scripts/validation_sweep.py --workers {args.workers} "
-              f"--device {args.device} --num_frames {args.num_frames} --seeds {' '.join(map(str, args.seeds))}`")
+              f"--device {args.device} --num_frames {args.num_frames} --seeds {' '.join(map(str, args.seeds))}"
+              + (f" --backbone_checkpoint {args.backbone_checkpoint}" if args.backbone_checkpoint else "") + "`")
     text = markdown_table(results, header)
     (out / "validation.md").write_text(text)
     (out / "runs.json").write_text(json.dumps(json_safe([dataclasses.asdict(r) for r in results])))

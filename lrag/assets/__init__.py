@@ -16,6 +16,8 @@ ASSET_PREFIX = "asset:"
 ASSETS = {
     "backbone_tiny.safetensors": "the tiny camera-conditioned backbone (`lrag export` of a "
                                  "BackboneFitModule checkpoint from configs/backbone/demo.yaml)",
+    "backbone_tiny_frozen.safetensors": "the same backbone trained without memory exposure (the frozen-"
+                                        "generator baseline of configs/eval/frozen.yaml; docs/assets.md)",
     "embedder_tiny.safetensors": "the tiny frame embedder (`lrag export` of an EmbedderModule "
                                  "checkpoint from configs/embedder/world.yaml)",
 }

@@ -25,3 +25,15 @@ def test_missing_asset_names_file_place_and_make_target():
     assert "model.init_args.backbone_checkpoint" in message
     assert str(asset_path("backbone_huge.safetensors")) in message
     assert "make assets" in message and "scripts/make_assets.sh" in message
+
+
+def test_frozen_backbone_differs_from_the_shipped_one_only_in_memory_exposure():
+    from lrag.checkpoints.backbone_fit import read_backbone_fit
+
+    _, shipped = read_backbone_fit(asset_path("backbone_tiny.safetensors"))
+    tensors, frozen = read_backbone_fit(asset_path("backbone_tiny_frozen.safetensors"))
+    assert frozen.config == shipped.config and frozen.camera == shipped.camera
+    assert frozen.knobs["memory_exposure"] == 0.0 and shipped.knobs["memory_exposure"] > 0
+    differ = {k for k in set(frozen.knobs) | set(shipped.knobs) if frozen.knobs.get(k) != shipped.knobs.get(k)}
+    assert differ == {"memory_exposure", "config_source"}  # config_source: where the architecture was read
+    assert len(tensors) > 0
