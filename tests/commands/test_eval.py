@@ -27,6 +27,15 @@ def test_parser_reads_demo_config_and_flags() -> None:
     assert cfg.diversity == 0.0 and build_parser().parse_args(["--diversity", "0.3"]).diversity == 0.3
 
 
+def test_frozen_config_differs_from_the_demo_only_in_backbone_descriptors_and_out_dir() -> None:
+    demo = vars(build_parser().parse_args(["--config", str(CONFIG)]))
+    frozen = vars(build_parser().parse_args(["--config", str(CONFIG.with_name("frozen.yaml"))]))
+    differ = {k for k in demo if k != "config" and demo[k] != frozen[k]}
+    assert differ == {"backbone_checkpoint", "descriptors", "out_dir"}
+    assert frozen["backbone_checkpoint"] == "asset:backbone_tiny_frozen.safetensors"
+    assert "gen_keys:-1+stride5" in frozen["descriptors"]
+
+
 def test_bad_option_exits() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--num_frames", "many"])
