@@ -77,7 +77,8 @@ def _decode_file(path: Path) -> Iterator[np.ndarray]:
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.video:
-                raise VideoFormatError(f"{path}: has no video stream.")
+                raise VideoFormatError(f"{path}: has no video stream (audio only, or not a video); "
+                                       "remove it from SRC or pass --skip-bad to leave it out.")
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
     except PermissionError as err:

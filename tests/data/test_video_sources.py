@@ -36,11 +36,27 @@ def test_finds_files_and_png_folders_and_probes_them(tmp_path):
     assert len(list(iter_frames(sources[0], stride=4))) == 3  # frames 0, 4, 8
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "directory"])
+def _write_audio_only(path) -> None:
+    """A valid mp4 with one AAC audio stream and no video (random bytes sometimes parse as such)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "directory", "audio_only"])
 def test_bad_sources_are_named(tmp_path, damage):
     path = tmp_path / "clip.mp4"
     if damage == "directory":
         path.mkdir()
+    elif damage == "audio_only":
+        _write_audio_only(path)
     else:
         write_with_pyav(path, moving_frames(9, 24, 32), 8, "libx264")
         data = path.read_bytes()
@@ -50,6 +66,10 @@ def test_bad_sources_are_named(tmp_path, damage):
     with pytest.raises(VideoFormatError) as err:
         probe_source(source, 16.0)
     assert str(path) in str(err.value)
+    # every message says what to do: the directory is moved away, a file skipped with --skip-bad
+    assert ("move it" in str(err.value)) if damage == "directory" else ("--skip-bad" in str(err.value))
+    if damage == "audio_only":
+        assert "no video stream" in str(err.value)
 
 
 def test_png_folder_with_two_frame_sizes_is_refused(tmp_path):
