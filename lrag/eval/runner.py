@@ -7,7 +7,8 @@ backbone, noise seed, conditioning (prompt + the world's camera path) and attent
 * ``rag-<descriptor>-<budget>``: cosine retrieval with a descriptor (``avg_pool``,
   ``ae:<path>`` for an embedder checkpoint, ``gen_keys[:<layers>][:queries]`` for the backbone's
   own pooled keys, e.g. ``gen_keys:0,1``; any of the first two may end in ``+rerank<M>``, a
-  shortlist of M re-ranked by the generator keys of ``key_layers``, and any of them in
+  shortlist of M re-ranked by the generator keys of ``key_layers``, or ``+fuse<P>``, one stage
+  scored P % by those keys (``RetrievalMemory.key_fusion``), and any of them in
   ``+stride<N>``, a pool of every N-th evicted frame) or ``oracle``
   (pose/field-of-view retrieval from the camera path,
   :class:`~lrag.memory.oracle.GroundTruthMemory`).

@@ -60,10 +60,11 @@ class EvalSettings:
         ["avg_pool", "oracle"],
         "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>, gen_keys[:<layers>][:queries] "
         "(the backbone's own pooled keys, e.g. gen_keys:0,1); avg_pool and ae:<path> may end in +rerank<M> "
-        "(shortlist M, re-ranked by generator keys), any content descriptor in +stride<N> (every N-th frame kept).")
+        "(shortlist M, re-ranked by generator keys) or +fuse<P> (P % of the score from generator keys), any "
+        "content descriptor in +stride<N> (every N-th frame kept).")
     diversity: float = _knob(0.0, "MMR weight of the cosine top-K (0 = plain top-K; higher skips "
                                   "near-duplicates of a pick).")
-    key_layers: list[int] = _knob([-1], "Backbone layers of gen_keys without :<layers> and of +rerank "
+    key_layers: list[int] = _knob([-1], "Backbone layers of gen_keys without :<layers> and of +rerank/+fuse "
                                         "(negative: from the last).")
     key_query: str = _knob("keys", "gen_keys query side: keys (newest frame's pooled keys) or queries "
                                    "(its pooled queries).")
@@ -109,11 +110,15 @@ def descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
         if m := re.fullmatch(r"stride(\d+)", tail):  # RetrievalMemory.store_stride: any descriptor
             kw["store_stride"] = int(m.group(1))
             continue
-        m = re.fullmatch(r"rerank(\d+)", tail)
+        m = re.fullmatch(r"(rerank|fuse)(\d+)", tail)
         if m is None or base.startswith("gen_keys"):
-            raise ValueError(f"descriptors: {desc!r}: suffixes are +rerank<M> (after avg_pool or ae:<path>, "
-                             "e.g. avg_pool+rerank8) and +stride<N> (keep every N-th evicted frame).")
-        kw["rerank"] = int(m.group(1))
+            raise ValueError(f"descriptors: {desc!r}: suffixes are +rerank<M> or +fuse<P> (after avg_pool or "
+                             "ae:<path>, e.g. avg_pool+rerank8, ae:<path>+fuse50) and +stride<N> (keep every "
+                             "N-th evicted frame).")
+        if m.group(1) == "rerank":
+            kw["rerank"] = int(m.group(2))
+        else:  # RetrievalMemory.key_fusion: P % of the score from the generator's keys
+            kw["key_fusion"] = int(m.group(2)) / 100
     keys = _GEN_KEYS.fullmatch(base)
     if keys is not None:
         if keys.group(1):
@@ -124,5 +129,5 @@ def descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
         return {"descriptor": "ae", "embedder_path": resolve_asset(base[3:], f"descriptors: {desc}"), **kw}
     if base != "avg_pool":
         raise ValueError(f"descriptors: {desc!r} is unknown; use avg_pool, oracle, ae:<path>, "
-                         "gen_keys[:<layers>][:queries], optionally +rerank<M>.")
+                         "gen_keys[:<layers>][:queries], optionally +rerank<M> or +fuse<P>.")
     return {"descriptor": "avg_pool", **kw}

@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.memory.key_descriptor import GeneratorKeys, shortlist_rerank
+from lrag.memory.key_descriptor import GeneratorKeys, fused_topk, shortlist_rerank
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.recompute import RecomputedKV, RecomputeFn
 from lrag.memory.retrieval import mmr_topk
@@ -101,6 +101,9 @@ class RetrievalMemory:
         rerank: Two-stage search: shortlist this many candidates with ``descriptor``, then
             keep the K whose generator keys (``key_layers``, ``key_query``) are most similar;
             None = one stage.
+        key_fusion: One stage scored by ``(1 - w) * cos(descriptor) + w * cos(generator keys)``
+            with this ``w`` (0 = off); the keys as for ``gen_keys``. Not with ``gen_keys`` or
+            ``rerank``.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class RetrievalMemory:
         key_per_head: bool = True,
         rerank: int | None = None,
         store_stride: int = 1,
+        key_fusion: float = 0.0,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -148,7 +152,11 @@ class RetrievalMemory:
             raise ValueError(f"RetrievalMemory.rerank={rerank}: must be >= memory_size ({memory_size}) and "
                              "needs a first-stage descriptor other than gen_keys (or null: one stage).")
         self.rerank = rerank
-        uses_keys = descriptor == "gen_keys" or rerank is not None
+        if not 0.0 <= key_fusion <= 1.0 or (key_fusion and (descriptor == "gen_keys" or rerank is not None)):
+            raise ValueError(f"RetrievalMemory.key_fusion={key_fusion}: use a weight in [0, 1] (0 = off), with "
+                             "descriptor avg_pool or ae and without rerank.")
+        self.key_fusion = key_fusion
+        uses_keys = descriptor == "gen_keys" or rerank is not None or key_fusion > 0
         self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
         self.kv_order = "rank"
         self.embedder: nn.Module | None = None
@@ -314,9 +322,12 @@ class RetrievalMemory:
             keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
             return mmr_topk(self._key_query[-1], keys, k, self.diversity)
         candidates = torch.stack([self._descriptors[f] for f in frames], dim=1)
-        if self.rerank is None:
+        if self.rerank is None and not self.key_fusion:
             return mmr_topk(self._descriptors[-1], candidates, k, self.diversity)
         keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
+        if self.key_fusion:
+            return fused_topk(self._descriptors[-1], candidates, self._key_query[-1], keys, k, self.key_fusion,
+                              self.diversity)
         return shortlist_rerank(self._descriptors[-1], candidates, self._key_query[-1], keys, k,
                                 self.rerank, self.diversity)
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
 from einops import reduce
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from lrag.memory.retrieval import cosine_topk, mmr_topk
 
-__all__ = ["KEY_QUERIES", "GeneratorKeys", "pool_tokens", "self_attention_modules", "shortlist_rerank"]
+__all__ = ["KEY_QUERIES", "GeneratorKeys", "fused_topk", "pool_tokens", "self_attention_modules", "shortlist_rerank"]
 
 KEY_QUERIES = ("keys", "queries")
 
@@ -164,3 +166,27 @@ def shortlist_rerank(query: Tensor, candidates: Tensor, key_query: Tensor, key_c
     keys = key_candidates.gather(1, short[..., None].expand(-1, -1, key_candidates.shape[-1]))
     scores, pick = mmr_topk(key_query, keys, k, diversity)
     return scores, short.gather(1, pick)
+
+
+def fused_topk(query: Tensor, candidates: Tensor, key_query: Tensor, key_candidates: Tensor, k: int,
+               weight: float, diversity: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Top-``k`` by ``(1 - weight) * cos(descriptor) + weight * cos(generator keys)``.
+
+    Each side is L2-normalised and scaled by the square root of its weight before the two are
+    concatenated, so the concatenations stay unit vectors and their cosine *is* the fused score
+    (and :func:`mmr_topk`'s diversity term works on the same fused similarity).
+
+    Args:
+        query: ``[B, D]``; candidates: ``[B, N, D]`` (the first descriptor).
+        key_query: ``[B, D']``; key_candidates: ``[B, N, D']`` (same order).
+        k: Frames to keep.
+        weight: Share of the generator keys' cosine, in ``[0, 1]``.
+        diversity: MMR weight.
+
+    Returns:
+        ``(scores [B, k], indices [B, k])``: fused cosines and indices into ``candidates``.
+    """
+    a, b = math.sqrt(1.0 - weight), math.sqrt(weight)
+    q = torch.cat([a * F.normalize(query, dim=-1), b * F.normalize(key_query, dim=-1)], dim=-1)
+    c = torch.cat([a * F.normalize(candidates, dim=-1), b * F.normalize(key_candidates, dim=-1)], dim=-1)
+    return mmr_topk(q, c, k, diversity)

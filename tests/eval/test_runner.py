@@ -178,7 +178,11 @@ def test_generator_key_and_rerank_descriptor_specs(tmp_path) -> None:
     stride = _memory(_settings(tmp_path, descriptors=["avg_pool+stride3"]), variants(
         _settings(tmp_path, descriptors=["avg_pool+stride3"]))[1])
     assert stride.store_stride == 3 and stride.descriptor == "avg_pool" and stride.rerank is None
-    for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine", "avg_pool+stride"):
+    fused_settings = _settings(tmp_path, descriptors=["avg_pool+fuse30+stride5"])
+    fused = _memory(fused_settings, variants(fused_settings)[1])
+    assert fused.key_fusion == pytest.approx(0.3) and fused.store_stride == 5 and fused.rerank is None
+    for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine", "avg_pool+stride", "gen_keys+fuse50",
+                "avg_pool+fuse"):
         with pytest.raises(ValueError, match="descriptors"):
             _settings(tmp_path, descriptors=[bad])
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lrag.memory.bank import RetrievalMemory
-from lrag.memory.key_descriptor import GeneratorKeys, pool_tokens, self_attention_modules, shortlist_rerank
+from lrag.memory.key_descriptor import GeneratorKeys, fused_topk, pool_tokens, self_attention_modules, shortlist_rerank
 from lrag.nets.camera import CameraConditioned
 from lrag.nets.wan import build_tiny
 from lrag.sampling.sampler import ARSampler, SeededNoise
@@ -39,6 +39,42 @@ def test_shortlist_rerank_reorders_only_inside_the_shortlist() -> None:
     assert scores[0, 0] > scores[0, 1]
     _, all_idx = shortlist_rerank(query, cands, key_query, keys, k=2, shortlist=10)  # M > N: keys alone
     assert all_idx.tolist() == [[2, 3]]
+
+
+def test_fused_topk_moves_from_the_descriptor_to_the_keys_with_the_weight() -> None:
+    query = torch.tensor([[1.0, 0.0]])
+    cands = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]])  # descriptor cosines 1.0, 0.6, 0.0
+    key_query = torch.tensor([[0.0, 2.0]])  # scale does not matter: both sides are normalised
+    keys = torch.tensor([[[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]])  # key cosines 0.0, 0.6, 1.0
+    for weight, best in ((0.0, 0), (0.3, 0), (0.5, None), (0.7, 2), (1.0, 2)):
+        scores, idx = fused_topk(query, cands, key_query, keys, k=3, weight=weight)
+        expected = (1 - weight) * torch.tensor([1.0, 0.6, 0.0]) + weight * torch.tensor([0.0, 0.6, 1.0])
+        assert torch.allclose(scores[0], expected[idx[0]], atol=1e-6)  # the score is the fused cosine
+        assert torch.allclose(scores[0], expected.sort(descending=True).values, atol=1e-6)
+        if best is not None:
+            assert idx[0, 0].item() == best
+
+
+def test_key_fusion_runs_in_the_sampler_and_finds_the_copy() -> None:
+    net = _net()
+    settings = SamplerSettings(frames_per_block=3, window=6, sink=1)
+    context = torch.zeros(1, 4, net.backbone.config.text_dim)
+    video = _repeat_video(30, source=4, repeat_at=29)
+    memory = RetrievalMemory(memory_size=2, recent_exclude=1, kv_tier="device", key_fusion=0.5, key_layers=[0])
+    sampler = ARSampler(net, FlowMatchSchedule(5.0, denoising_steps=[1000, 500]), memory, settings)
+    sampler(SeededNoise(0, 1, 16, 4, 4, 3), context, 33, resume_latents=video)
+    record = memory.records[-1]
+    assert record.frames[0, 0].item() == 4  # an exact copy: cosine 1 on both sides
+    assert record.scores[0, 0].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_key_fusion_is_validated() -> None:
+    for kw in ({"key_fusion": 1.5}, {"key_fusion": -0.1}, {"key_fusion": 0.5, "descriptor": "gen_keys"},
+               {"key_fusion": 0.5, "rerank": 8}):
+        with pytest.raises(ValueError, match="key_fusion"):
+            RetrievalMemory(memory_size=2, **kw)
+    assert RetrievalMemory(memory_size=2).generator_keys is None  # no hooks unless asked
+    assert RetrievalMemory(memory_size=2, key_fusion=0.3).generator_keys is not None
 
 
 def _net() -> CameraConditioned:
