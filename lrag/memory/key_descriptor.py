@@ -20,11 +20,10 @@ backbone's self-attention modules (a module named ``...self_attn``), only inside
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Sequence
-
-import math
 
 import torch
 import torch.nn.functional as F
