@@ -2,10 +2,11 @@
 # Retrain the shipped weights of the embedded default and copy them into lrag/assets/:
 #   1. fit the tiny backbone on procedural worlds   (configs/backbone/demo.yaml)
 #   2. export it                                     -> backbone_tiny.safetensors
+#   2b. the same fit with memory_exposure 0, export  -> backbone_tiny_frozen.safetensors (FROZEN=1)
 #   3. generate videos of TRAINING worlds with it    (configs/predict/demo.yaml, avg_pool retrieval)
 #   4. fit the tiny embedder on those latents        (configs/embedder/world.yaml)
 #   5. export it                                     -> embedder_tiny.safetensors
-#   6. copy both into lrag/assets/
+#   6. copy them into lrag/assets/
 # Knobs (environment variables), defaults = the recipe of docs/assets.md:
 #   ACCEL=cpu|gpu  BACKBONE_STEPS=2000  BACKBONE_BATCH=8  PREDICT_WORLDS=8  PREDICT_FRAMES=120
 #   EMBEDDER_EPOCHS=30  WORK=runs/assets  INSTALL=1 (0: leave lrag/assets/ alone)
@@ -15,6 +16,10 @@
 #   EMBEDDER_ARGS="...": extra `lrag fit` flags for the embedder
 #   ABLATION=1 (0: skip): also fit the same embedder without the WTD term -> $WORK/embedder_nowtd.safetensors
 #     (never installed; docs/results/eval.md compares it)
+#   FROZEN=1 (0: skip): also fit the backbone with memory_exposure 0 (same recipe otherwise) ->
+#     backbone_tiny_frozen.safetensors, the frozen-generator baseline of configs/eval/frozen.yaml;
+#     FROZEN_CKPT=<.ckpt>: export this one instead (e.g. scripts/train_assets_gpu.sh with EXPOSURE=0.0).
+#     With BACKBONE_CKPT and no FROZEN_CKPT it is skipped: a CPU fit would not match a GPU-trained backbone.
 # Every step is seeded (seed_everything: 0 in the configs), so a rerun on the same hardware and
 # software writes the same files. Usage: scripts/make_assets.sh   or   make assets
 set -euo pipefail
@@ -32,6 +37,8 @@ BACKBONE_CKPT=${BACKBONE_CKPT:-}
 FIT_CONFIG=${FIT_CONFIG:-configs/backbone/demo.yaml}
 EMBEDDER_ARGS=${EMBEDDER_ARGS:-}
 ABLATION=${ABLATION:-1}
+FROZEN=${FROZEN:-1}
+FROZEN_CKPT=${FROZEN_CKPT:-}
 LRAG=${LRAG:-lrag}
 
 cd "$(dirname "$0")/.."
@@ -57,6 +64,21 @@ fi
 
 step "2/6 export $ckpt"
 "$LRAG" export "$ckpt" "$WORK/backbone_tiny.safetensors" --fit_config "$FIT_CONFIG"
+
+if [[ "$FROZEN" == 1 && -z "$FROZEN_CKPT" && -n "$BACKBONE_CKPT" ]]; then
+  step "2b/6 frozen backbone skipped: BACKBONE_CKPT was given without FROZEN_CKPT"
+elif [[ "$FROZEN" == 1 ]]; then
+  if [[ -z "$FROZEN_CKPT" ]]; then
+    step "2b/6 frozen-generator backbone fit: the same recipe with memory_exposure 0"
+    "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
+      --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
+      --model.init_args.camera "$CAMERA" --model.init_args.memory_exposure 0.0 \
+      --trainer.default_root_dir "$WORK/backbone_frozen" --trainer.enable_progress_bar false
+    FROZEN_CKPT=$(ls -t "$WORK"/backbone_frozen/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+  fi
+  step "2b/6 export $FROZEN_CKPT"
+  "$LRAG" export "$FROZEN_CKPT" "$WORK/backbone_tiny_frozen.safetensors" --fit_config "$FIT_CONFIG"
+fi
 
 seeds=$(seq -s, 0 $((PREDICT_WORLDS - 1)))
 step "3/6 predict $PREDICT_WORLDS training worlds [$seeds] x $PREDICT_FRAMES latent frames"
@@ -94,6 +116,7 @@ fi
 if [[ "$INSTALL" == 1 ]]; then
   step "6/6 install into lrag/assets/"
   cp "$WORK/backbone_tiny.safetensors" "$WORK/embedder_tiny.safetensors" lrag/assets/
+  if [[ -f "$WORK/backbone_tiny_frozen.safetensors" ]]; then cp "$WORK/backbone_tiny_frozen.safetensors" lrag/assets/; fi
   sha256sum lrag/assets/*.safetensors
 else
   step "6/6 skipped (INSTALL=$INSTALL): files are in $WORK/"
