@@ -61,7 +61,7 @@ class EvalSettings:
         "Retrieval variants: avg_pool, oracle (camera-path ground truth), ae:<path>, gen_keys[:<layers>][:queries] "
         "(the backbone's own pooled keys, e.g. gen_keys:0,1); avg_pool and ae:<path> may end in +rerank<M> "
         "(shortlist M, re-ranked by generator keys) or +fuse<P> (P % of the score from generator keys), any "
-        "content descriptor in +stride<N> (every N-th frame kept).")
+        "content descriptor in +stride<N> (every N-th frame kept) and +seq<L> (match sequences of L frames).")
     diversity: float = _knob(0.0, "MMR weight of the cosine top-K (0 = plain top-K; higher skips "
                                   "near-duplicates of a pick).")
     key_layers: list[int] = _knob([-1], "Backbone layers of gen_keys without :<layers> and of +rerank/+fuse "
@@ -110,11 +110,14 @@ def descriptor_spec(desc: str, s: EvalSettings) -> dict[str, Any]:
         if m := re.fullmatch(r"stride(\d+)", tail):  # RetrievalMemory.store_stride: any descriptor
             kw["store_stride"] = int(m.group(1))
             continue
+        if m := re.fullmatch(r"seq(\d+)", tail):  # RetrievalMemory.sequence: any descriptor
+            kw["sequence"] = int(m.group(1))
+            continue
         m = re.fullmatch(r"(rerank|fuse)(\d+)", tail)
         if m is None or base.startswith("gen_keys"):
             raise ValueError(f"descriptors: {desc!r}: suffixes are +rerank<M> or +fuse<P> (after avg_pool or "
-                             "ae:<path>, e.g. avg_pool+rerank8, ae:<path>+fuse50) and +stride<N> (keep every "
-                             "N-th evicted frame).")
+                             "ae:<path>, e.g. avg_pool+rerank8, ae:<path>+fuse50), +stride<N> (keep every "
+                             "N-th evicted frame) and +seq<L> (match sequences of L frames).")
         if m.group(1) == "rerank":
             kw["rerank"] = int(m.group(2))
         else:  # RetrievalMemory.key_fusion: P % of the score from the generator's keys

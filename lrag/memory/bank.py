@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from lrag.memory.key_descriptor import GeneratorKeys, fused_topk, shortlist_rerank
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.recompute import RecomputedKV, RecomputeFn
-from lrag.memory.retrieval import mmr_topk
+from lrag.memory.retrieval import mmr_topk, sequence_descriptors
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
@@ -101,6 +101,9 @@ class RetrievalMemory:
         rerank: Two-stage search: shortlist this many candidates with ``descriptor``, then
             keep the K whose generator keys (``key_layers``, ``key_query``) are most similar;
             None = one stage.
+        sequence: Sequence matching: a candidate's score is the mean cosine of the newest
+            ``sequence`` frames against the candidate and its predecessors (1 = one frame, the
+            reference), so a match must also agree on the recent past.
         key_fusion: One stage scored by ``(1 - w) * cos(descriptor) + w * cos(generator keys)``
             with this ``w`` (0 = off); the keys as for ``gen_keys``. Not with ``gen_keys`` or
             ``rerank``.
@@ -122,6 +125,7 @@ class RetrievalMemory:
         rerank: int | None = None,
         store_stride: int = 1,
         key_fusion: float = 0.0,
+        sequence: int = 1,
     ) -> None:
         if memory_size < 0 or recent_exclude < 0:
             raise ValueError(
@@ -156,6 +160,9 @@ class RetrievalMemory:
             raise ValueError(f"RetrievalMemory.key_fusion={key_fusion}: use a weight in [0, 1] (0 = off), with "
                              "descriptor avg_pool or ae and without rerank.")
         self.key_fusion = key_fusion
+        if sequence < 1:
+            raise ValueError(f"RetrievalMemory.sequence must be >= 1 (1 = match single frames), got {sequence}")
+        self.sequence = sequence
         uses_keys = descriptor == "gen_keys" or rerank is not None or key_fusion > 0
         self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
         self.kv_order = "rank"
@@ -319,17 +326,24 @@ class RetrievalMemory:
         """Scores and indices ``[B, k]`` into the eligible pool: one stage, or shortlist + re-rank."""
         frames, k = self._pool_frames[:eligible], min(self.memory_size, eligible)
         if self.descriptor == "gen_keys":
-            keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
-            return mmr_topk(self._key_query[-1], keys, k, self.diversity)
-        candidates = torch.stack([self._descriptors[f] for f in frames], dim=1)
+            return mmr_topk(self._query(self._key_query), self._stack(self._key_desc, frames), k, self.diversity)
+        query, candidates = self._query(self._descriptors), self._stack(self._descriptors, frames)
         if self.rerank is None and not self.key_fusion:
-            return mmr_topk(self._descriptors[-1], candidates, k, self.diversity)
+            return mmr_topk(query, candidates, k, self.diversity)
         keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
         if self.key_fusion:
-            return fused_topk(self._descriptors[-1], candidates, self._key_query[-1], keys, k, self.key_fusion,
-                              self.diversity)
-        return shortlist_rerank(self._descriptors[-1], candidates, self._key_query[-1], keys, k,
-                                self.rerank, self.diversity)
+            return fused_topk(query, candidates, self._key_query[-1], keys, k, self.key_fusion, self.diversity)
+        return shortlist_rerank(query, candidates, self._key_query[-1], keys, k, self.rerank, self.diversity)
+
+    def _stack(self, per_frame: list[Tensor], frames: list[int]) -> Tensor:
+        """``[B, N, D]`` candidate descriptors of ``frames`` (sequences when ``sequence > 1``)."""
+        if self.sequence == 1:
+            return torch.stack([per_frame[f] for f in frames], dim=1)
+        return sequence_descriptors(per_frame, frames, self.sequence)
+
+    def _query(self, per_frame: list[Tensor]) -> Tensor:
+        """``[B, D]`` descriptor of the newest frame (of its sequence when ``sequence > 1``)."""
+        return per_frame[-1] if self.sequence == 1 else self._stack(per_frame, [len(per_frame) - 1])[:, 0]
 
     # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
     def _key(self, query_frame: int) -> tuple[int, int, int]:

@@ -7,10 +7,13 @@ rule exactly (README of ``tests/fixtures/wan_reference``, "Retrieval rule").
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cosine_similarity", "cosine_topk", "mmr_topk", "num_eligible"]
+__all__ = ["cosine_similarity", "cosine_topk", "mmr_topk", "num_eligible", "sequence_descriptors"]
 
 _EPS = 1e-8  # the reference adds it to the norms (not clamps), so keep that form
 
@@ -113,3 +116,24 @@ def mmr_topk(query: Tensor, candidates: Tensor, k: int, diversity: float) -> tup
         redundancy = torch.maximum(redundancy, pair.gather(1, pick[:, None, None].expand(-1, 1, n)).squeeze(1))
     indices = torch.stack(picks, dim=1)
     return rel.gather(1, indices), indices
+
+
+def sequence_descriptors(per_frame: list[Tensor], frames: list[int], length: int) -> Tensor:
+    """Each frame's descriptor followed by its ``length - 1`` predecessors', as one vector.
+
+    Every part is L2-normalised and scaled by ``1 / sqrt(length)``, so the result is a unit vector
+    and the cosine of two of them is the mean cosine of the aligned frames: sequence matching
+    (as in SeqSLAM), which asks that a candidate's recent past also resembles the query's.
+    Predecessors before frame 0 repeat frame 0.
+
+    Args:
+        per_frame: ``[B, D]`` descriptor of every frame so far, indexed by frame.
+        frames: The frames to describe.
+        length: Frames per sequence (1 = the frame alone, normalised).
+
+    Returns:
+        ``[B, len(frames), length * D]``.
+    """
+    parts = [torch.stack([F.normalize(per_frame[max(f - j, 0)], dim=-1) for f in frames], dim=1)
+             for j in range(length)]
+    return torch.cat(parts, dim=-1) / math.sqrt(length)

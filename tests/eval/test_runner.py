@@ -181,8 +181,11 @@ def test_generator_key_and_rerank_descriptor_specs(tmp_path) -> None:
     fused_settings = _settings(tmp_path, descriptors=["avg_pool+fuse30+stride5"])
     fused = _memory(fused_settings, variants(fused_settings)[1])
     assert fused.key_fusion == pytest.approx(0.3) and fused.store_stride == 5 and fused.rerank is None
+    seq_settings = _settings(tmp_path, descriptors=["avg_pool+stride5+seq3"])
+    seq = _memory(seq_settings, variants(seq_settings)[1])
+    assert seq.sequence == 3 and seq.store_stride == 5 and seq.key_fusion == 0.0
     for bad in ("gen_keys:x", "avg_pool+rerank", "gen_keys+rerank4", "cosine", "avg_pool+stride", "gen_keys+fuse50",
-                "avg_pool+fuse"):
+                "avg_pool+fuse", "avg_pool+seq"):
         with pytest.raises(ValueError, match="descriptors"):
             _settings(tmp_path, descriptors=[bad])
 

@@ -68,6 +68,22 @@ def test_key_fusion_runs_in_the_sampler_and_finds_the_copy() -> None:
     assert record.scores[0, 0].item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_sequence_matching_runs_in_the_sampler_and_is_validated() -> None:
+    net = _net()
+    settings = SamplerSettings(frames_per_block=3, window=6, sink=1)
+    context = torch.zeros(1, 4, net.backbone.config.text_dim)
+    video = _repeat_video(30, source=4, repeat_at=29)
+    for descriptor in ("avg_pool", "gen_keys"):
+        memory = RetrievalMemory(memory_size=2, recent_exclude=1, kv_tier="device", descriptor=descriptor,
+                                 sequence=3, key_layers=[0])
+        sampler = ARSampler(net, FlowMatchSchedule(5.0, denoising_steps=[1000, 500]), memory, settings)
+        sampler(SeededNoise(0, 1, 16, 4, 4, 3), context, 33, resume_latents=video)
+        record = memory.records[-1]
+        assert record.frames.shape == (1, 2) and record.scores.abs().max() <= 1.0 + 1e-5
+    with pytest.raises(ValueError, match="sequence"):
+        RetrievalMemory(memory_size=2, sequence=0)
+
+
 def test_key_fusion_is_validated() -> None:
     for kw in ({"key_fusion": 1.5}, {"key_fusion": -0.1}, {"key_fusion": 0.5, "descriptor": "gen_keys"},
                {"key_fusion": 0.5, "rerank": 8}):

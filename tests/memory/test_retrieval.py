@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lrag.memory.retrieval import cosine_similarity, cosine_topk, mmr_topk, num_eligible
+from lrag.memory.retrieval import cosine_similarity, cosine_topk, mmr_topk, num_eligible, sequence_descriptors
 
 
 def test_recency_exclusion_and_candidates() -> None:
@@ -68,3 +68,30 @@ def test_mmr_picks_distinct_frames_and_checks_its_arguments() -> None:
         mmr_topk(q, c, 2, 1.5)
     with pytest.raises(ValueError, match="k must be"):
         mmr_topk(q, c, 6, 0.5)
+
+
+def test_sequence_cosine_is_the_mean_of_aligned_frame_cosines() -> None:
+    torch.manual_seed(0)
+    per_frame = [torch.randn(2, 5) for _ in range(12)]
+    seqs = sequence_descriptors(per_frame, [2, 7, 11], length=3)
+    assert seqs.shape == (2, 3, 15)
+    assert torch.allclose(seqs.norm(dim=-1), torch.ones(2, 3), atol=1e-6)  # unit vectors
+    cos = lambda a, b: torch.nn.functional.cosine_similarity(a, b, dim=-1)  # noqa: E731
+    mean = sum(cos(per_frame[11 - j], per_frame[7 - j]) for j in range(3)) / 3
+    assert torch.allclose((seqs[:, 2] * seqs[:, 1]).sum(-1), mean, atol=1e-6)
+    # before frame 0 the history repeats frame 0
+    early = sequence_descriptors(per_frame, [1], length=3)[:, 0]
+    assert torch.allclose(early[:, 10:], early[:, 5:10]) and not torch.allclose(early[:, :5], early[:, 5:10])
+
+
+def test_sequence_matching_prefers_the_candidate_whose_past_also_matches() -> None:
+    # query frame 9 (past 8) looks like frame 1 (past 0) and like frame 5 (past 4); only frame 1's past
+    # also resembles the query's past, so single frames tie and sequences of 2 pick frame 1
+    a, b, c = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+    per_frame = [b, a, c, c, c, a, c, c, b, a]
+    candidates = [1, 5]
+    single = cosine_topk(per_frame[9], torch.stack([per_frame[f] for f in candidates], 1), 2)[0]
+    assert torch.allclose(single[0, 0], single[0, 1])
+    query = sequence_descriptors(per_frame, [9], 2)[:, 0]
+    scores, idx = cosine_topk(query, sequence_descriptors(per_frame, candidates, 2), 2)
+    assert candidates[idx[0, 0].item()] == 1 and scores[0, 0] == pytest.approx(1.0) and scores[0, 1] < 0.6
