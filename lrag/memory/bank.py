@@ -21,10 +21,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.memory.key_descriptor import GeneratorKeys, fused_topk, shortlist_rerank
+from lrag.memory.key_descriptor import GeneratorKeys
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
+from lrag.memory.ranking import RankRule
 from lrag.memory.recompute import RecomputedKV, RecomputeFn
-from lrag.memory.retrieval import mmr_topk, sequence_descriptors
 from lrag.nets.kv_cache import EvictedKV, MemoryKV
 
 __all__ = ["DESCRIPTORS", "KV_TIERS", "RetrievalMemory", "RetrievalRecord"]
@@ -148,22 +148,9 @@ class RetrievalMemory:
         self.descriptor = descriptor
         self.embedder_path = embedder_path
         self.kv_tier = kv_tier
-        if not 0.0 <= diversity <= 1.0:
-            raise ValueError(f"RetrievalMemory.diversity must be in [0, 1] (0 = plain top-K), got {diversity}")
-        self.diversity = diversity
         self.store_stride = store_stride
-        if rerank is not None and (descriptor == "gen_keys" or rerank < max(memory_size, 1)):
-            raise ValueError(f"RetrievalMemory.rerank={rerank}: must be >= memory_size ({memory_size}) and "
-                             "needs a first-stage descriptor other than gen_keys (or null: one stage).")
-        self.rerank = rerank
-        if not 0.0 <= key_fusion <= 1.0 or (key_fusion and (descriptor == "gen_keys" or rerank is not None)):
-            raise ValueError(f"RetrievalMemory.key_fusion={key_fusion}: use a weight in [0, 1] (0 = off), with "
-                             "descriptor avg_pool or ae and without rerank.")
-        self.key_fusion = key_fusion
-        if sequence < 1:
-            raise ValueError(f"RetrievalMemory.sequence must be >= 1 (1 = match single frames), got {sequence}")
-        self.sequence = sequence
-        uses_keys = descriptor == "gen_keys" or rerank is not None or key_fusion > 0
+        self.rule = RankRule(descriptor, memory_size, diversity, rerank, key_fusion, sequence)
+        uses_keys = self.rule.uses_keys
         self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
         self.kv_order = "rank"
         self.embedder: nn.Module | None = None
@@ -323,27 +310,15 @@ class RetrievalMemory:
         return bisect.bisect_right(self._pool_frames, self._last_evicted - self.recent_exclude)
 
     def _rank(self, eligible: int) -> tuple[Tensor, Tensor]:
-        """Scores and indices ``[B, k]`` into the eligible pool: one stage, or shortlist + re-rank."""
-        frames, k = self._pool_frames[:eligible], min(self.memory_size, eligible)
-        if self.descriptor == "gen_keys":
-            return mmr_topk(self._query(self._key_query), self._stack(self._key_desc, frames), k, self.diversity)
-        query, candidates = self._query(self._descriptors), self._stack(self._descriptors, frames)
-        if self.rerank is None and not self.key_fusion:
-            return mmr_topk(query, candidates, k, self.diversity)
-        keys = torch.stack([self._key_desc[f] for f in frames], dim=1)
-        if self.key_fusion:
-            return fused_topk(query, candidates, self._key_query[-1], keys, k, self.key_fusion, self.diversity)
-        return shortlist_rerank(query, candidates, self._key_query[-1], keys, k, self.rerank, self.diversity)
+        """Scores and indices ``[B, k]`` into the eligible pool (:class:`RankRule`)."""
+        frames = self._pool_frames[:eligible]
+        return self.rule.rank(frames, min(self.memory_size, eligible), self._descriptors, self._key_desc,
+                              self._key_query)
 
-    def _stack(self, per_frame: list[Tensor], frames: list[int]) -> Tensor:
-        """``[B, N, D]`` candidate descriptors of ``frames`` (sequences when ``sequence > 1``)."""
-        if self.sequence == 1:
-            return torch.stack([per_frame[f] for f in frames], dim=1)
-        return sequence_descriptors(per_frame, frames, self.sequence)
-
-    def _query(self, per_frame: list[Tensor]) -> Tensor:
-        """``[B, D]`` descriptor of the newest frame (of its sequence when ``sequence > 1``)."""
-        return per_frame[-1] if self.sequence == 1 else self._stack(per_frame, [len(per_frame) - 1])[:, 0]
+    diversity = property(lambda self: self.rule.diversity, doc="MMR weight of the top-K.")
+    rerank = property(lambda self: self.rule.rerank, doc="Shortlist size of the two-stage search, or None.")
+    key_fusion = property(lambda self: self.rule.key_fusion, doc="Weight of the generator keys in a fused score.")
+    sequence = property(lambda self: self.rule.sequence, doc="Frames matched per candidate.")
 
     # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
     def _key(self, query_frame: int) -> tuple[int, int, int]:
