@@ -20,21 +20,7 @@ mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 
 # -- environment -------------------------------------------------------------------------
-# What the GPU image lacks, carried in the ignored .devcarry/ (benchmarks/predict_e2e_gpu.sh says how
-# to build it): lancedb as an xz-packed site folder, pure-Python wheels, the reference's files.
-if [[ -f .devcarry/lancedb_site.tar.xz ]]; then
-  mkdir -p /tmp/site && tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
-fi
-if compgen -G ".devcarry/whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .devcarry/whl/*.whl > "$OUT/pip_devcarry.log" 2>&1 || echo "pip install of .devcarry/whl failed" | tee -a "$OUT/summary.txt"
-fi
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || echo "pip install of .whl/ failed (see pip.log)" | tee -a "$OUT/summary.txt"
-fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh  # lancedb and wheels from .devcarry/ and .whl/, PYTHONPATH
 
 if command -v nvidia-smi > /dev/null; then nvidia-smi | tee "$OUT/nvidia-smi.txt"; fi
 python3 - <<'PY' 2>&1 | tee "$OUT/env.txt"

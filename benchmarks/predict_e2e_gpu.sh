@@ -13,10 +13,8 @@
 #   optional, for the 24 GB config's random Wan VAE (else it decodes with LinearRGBCodec and says so):
 #   diffusers (pure Python; needs huggingface_hub, regex, importlib_metadata, filelock in the image)
 set -uo pipefail
-OUT=${OUT:-./gpu_out}; mkdir -p "$OUT" /tmp/site /tmp/site2
-tar xJf .devcarry/lancedb_site.tar.xz -C /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site2 .devcarry/whl/*.whl > "$OUT/pip.log" 2>&1
-export PYTHONPATH=/tmp/site2:/tmp/site:$PWD PYTHONUNBUFFERED=1
+OUT=${OUT:-./gpu_out}
+source benchmarks/gpu_env.sh  # lancedb and wheels from .devcarry/ and .whl/, PYTHONPATH
 timeout 560 python3 benchmarks/predict_e2e.py --json "$OUT/e2e.json" --out "$OUT/e2e" > "$OUT/e2e.md" 2> "$OUT/e2e.log"
 echo "predict_e2e: exit $?"; cat "$OUT/e2e.md"
 [ "${LRAG_E2E_ONLY:-0}" = 1 ] && exit 0

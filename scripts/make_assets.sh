@@ -49,17 +49,22 @@ fi
 rm -rf "$WORK"
 mkdir -p "$WORK"
 step() { echo; echo "== $* ($(date +%H:%M:%S))"; }
+# fit_backbone DIR [extra lrag fit flags]: the backbone recipe into $WORK/DIR; prints its newest .ckpt.
+fit_backbone() {
+  local dir=$1; shift
+  "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
+    --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
+    --model.init_args.camera "$CAMERA" "$@" \
+    --trainer.default_root_dir "$WORK/$dir" --trainer.enable_progress_bar false >&2 || return 1
+  ls -t "$WORK/$dir"/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1
+}
 
 if [[ -n "$BACKBONE_CKPT" ]]; then
   step "1/6 backbone fit skipped: using $BACKBONE_CKPT"
   ckpt=$BACKBONE_CKPT
 else
   step "1/6 backbone fit: $BACKBONE_STEPS steps, batch $BACKBONE_BATCH, camera $CAMERA on $ACCEL"
-  "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
-    --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
-    --model.init_args.camera "$CAMERA" \
-    --trainer.default_root_dir "$WORK/backbone" --trainer.enable_progress_bar false
-  ckpt=$(ls -t "$WORK"/backbone/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+  ckpt=$(fit_backbone backbone)
 fi
 
 step "2/6 export $ckpt"
@@ -70,11 +75,7 @@ if [[ "$FROZEN" == 1 && -z "$FROZEN_CKPT" && -n "$BACKBONE_CKPT" ]]; then
 elif [[ "$FROZEN" == 1 ]]; then
   if [[ -z "$FROZEN_CKPT" ]]; then
     step "2b/6 frozen-generator backbone fit: the same recipe with memory_exposure 0"
-    "$LRAG" fit --config configs/backbone/demo.yaml --trainer.accelerator "$ACCEL" \
-      --trainer.max_steps "$BACKBONE_STEPS" --data.init_args.batch_size "$BACKBONE_BATCH" \
-      --model.init_args.camera "$CAMERA" --model.init_args.memory_exposure 0.0 \
-      --trainer.default_root_dir "$WORK/backbone_frozen" --trainer.enable_progress_bar false
-    FROZEN_CKPT=$(ls -t "$WORK"/backbone_frozen/lightning_logs/version_*/checkpoints/*.ckpt | head -n 1)
+    FROZEN_CKPT=$(fit_backbone backbone_frozen --model.init_args.memory_exposure 0.0)
   fi
   step "2b/6 export $FROZEN_CKPT"
   "$LRAG" export "$FROZEN_CKPT" "$WORK/backbone_tiny_frozen.safetensors" --fit_config "$FIT_CONFIG"

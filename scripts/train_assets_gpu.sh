@@ -8,7 +8,7 @@
 # trainer's max_time: training stops there and still saves a checkpoint), STEPS (max_steps
 # cap, 100000), EXPOSURE (0.6, the memory_exposure; 0.0 trains the frozen-generator baseline of
 # issue 12: a backbone never shown retrieved frames), EVAL_SEEDS ("1000 1001 1002 1003"; empty:
-# no eval), EVAL_FRAMES (48). What the GPU image lacks comes from .devcarry/whl (gpu_session.sh).
+# no eval), EVAL_FRAMES (48). What the GPU image lacks comes from .devcarry/ (benchmarks/gpu_env.sh).
 # Writes $OUT/fit.log, $OUT/backbone.ckpt, $OUT/eval/{report.md,report.json,*.png,tb/},
 # $OUT/eval.log and $OUT/summary.txt.
 set -uo pipefail
@@ -22,16 +22,7 @@ EVAL_SEEDS=${EVAL_SEEDS-1000 1001 1002 1003}
 EVAL_FRAMES=${EVAL_FRAMES:-48}
 mkdir -p "$OUT"
 
-if compgen -G ".devcarry/whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .devcarry/whl/*.whl > "$OUT/pip_devcarry.log" 2>&1 || echo "pip install of .devcarry/whl failed"
-fi
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || echo "pip install of .whl/ failed (see $OUT/pip.log)"
-fi
-export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu_env.sh  # lancedb and wheels from .devcarry/ and .whl/, PYTHONPATH
 LRAG=(python3 -c "import sys; from lrag.cli import main; sys.argv[0] = 'lrag'; main()")
 ACCEL=gpu
 python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null || { echo "no CUDA: running on CPU"; ACCEL=cpu; }

@@ -20,7 +20,6 @@ backbone's self-attention modules (a module named ``...self_attn``), only inside
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Sequence
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor, nn
 
-from lrag.memory.retrieval import cosine_topk, mmr_topk
+from lrag.memory.retrieval import cosine_topk, mmr_topk, unit_concat
 
 __all__ = ["KEY_QUERIES", "GeneratorKeys", "fused_topk", "pool_tokens", "self_attention_modules", "shortlist_rerank"]
 
@@ -171,9 +170,9 @@ def fused_topk(query: Tensor, candidates: Tensor, key_query: Tensor, key_candida
                weight: float, diversity: float = 0.0) -> tuple[Tensor, Tensor]:
     """Top-``k`` by ``(1 - weight) * cos(descriptor) + weight * cos(generator keys)``.
 
-    Each side is L2-normalised and scaled by the square root of its weight before the two are
-    concatenated, so the concatenations stay unit vectors and their cosine *is* the fused score
-    (and :func:`mmr_topk`'s diversity term works on the same fused similarity).
+    Both sides are joined by :func:`~lrag.memory.retrieval.unit_concat`, so the cosine of the joined
+    vectors *is* the fused score (and :func:`mmr_topk`'s diversity term works on the same fused
+    similarity).
 
     Args:
         query: ``[B, D]``; candidates: ``[B, N, D]`` (the first descriptor).
@@ -185,7 +184,6 @@ def fused_topk(query: Tensor, candidates: Tensor, key_query: Tensor, key_candida
     Returns:
         ``(scores [B, k], indices [B, k])``: fused cosines and indices into ``candidates``.
     """
-    a, b = math.sqrt(1.0 - weight), math.sqrt(weight)
-    q = torch.cat([a * F.normalize(query, dim=-1), b * F.normalize(key_query, dim=-1)], dim=-1)
-    c = torch.cat([a * F.normalize(candidates, dim=-1), b * F.normalize(key_candidates, dim=-1)], dim=-1)
-    return mmr_topk(q, c, k, diversity)
+    weights = [1.0 - weight, weight]
+    return mmr_topk(unit_concat([query, key_query], weights), unit_concat([candidates, key_candidates], weights),
+                    k, diversity)

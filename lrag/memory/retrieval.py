@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cosine_similarity", "cosine_topk", "mmr_topk", "num_eligible", "sequence_descriptors"]
+__all__ = ["cosine_similarity", "cosine_topk", "mmr_topk", "num_eligible", "sequence_descriptors", "unit_concat"]
 
 _EPS = 1e-8  # the reference adds it to the norms (not clamps), so keep that form
 
@@ -118,13 +118,21 @@ def mmr_topk(query: Tensor, candidates: Tensor, k: int, diversity: float) -> tup
     return rel.gather(1, indices), indices
 
 
+def unit_concat(parts: list[Tensor], weights: list[float]) -> Tensor:
+    """Concatenate L2-normalised ``parts`` (last dim), each scaled by the square root of its weight.
+
+    With weights summing to 1 the result is a unit vector, and the dot product of two such vectors
+    is the weighted sum of the parts' cosines: one cosine top-K then ranks by a mixed score.
+    """
+    return torch.cat([math.sqrt(w) * F.normalize(p, dim=-1) for p, w in zip(parts, weights, strict=True)], dim=-1)
+
+
 def sequence_descriptors(per_frame: list[Tensor], frames: list[int], length: int) -> Tensor:
     """Each frame's descriptor followed by its ``length - 1`` predecessors', as one vector.
 
-    Every part is L2-normalised and scaled by ``1 / sqrt(length)``, so the result is a unit vector
-    and the cosine of two of them is the mean cosine of the aligned frames: sequence matching
-    (as in SeqSLAM), which asks that a candidate's recent past also resembles the query's.
-    Predecessors before frame 0 repeat frame 0.
+    A :func:`unit_concat` with equal weights, so the cosine of two of them is the mean cosine of
+    the aligned frames: sequence matching (as in SeqSLAM), which asks that a candidate's recent
+    past also resembles the query's. Predecessors before frame 0 repeat frame 0.
 
     Args:
         per_frame: ``[B, D]`` descriptor of every frame so far, indexed by frame.
@@ -134,6 +142,5 @@ def sequence_descriptors(per_frame: list[Tensor], frames: list[int], length: int
     Returns:
         ``[B, len(frames), length * D]``.
     """
-    parts = [torch.stack([F.normalize(per_frame[max(f - j, 0)], dim=-1) for f in frames], dim=1)
-             for j in range(length)]
-    return torch.cat(parts, dim=-1) / math.sqrt(length)
+    parts = [torch.stack([per_frame[max(f - j, 0)] for f in frames], dim=1) for j in range(length)]
+    return unit_concat(parts, [1.0 / length] * length)
