@@ -19,6 +19,7 @@ concatenated window gives: the outputs are bit-identical to the uncached path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -37,19 +38,22 @@ class RopedKeys:
         keys: Per layer ``[B, window * tokens, heads, head_dim]``, same layout as ``LayerKV.k``.
         tokens_per_frame: Tokens of one frame.
         valid: Per slot, whether ``keys`` holds that slot's key at its current position.
+        rope: The rotation (:func:`~lrag.nets.attention.apply_rope` or its fused twin).
     """
 
     keys: list[Tensor]
     tokens_per_frame: int
     valid: list[bool]
+    rope: Callable[[Tensor, Tensor], Tensor] = apply_rope
     _memory: object | None = field(default=None, repr=False)
     _memory_keys: list[Tensor | None] = field(default_factory=list, repr=False)
 
     @classmethod
-    def like(cls, unroped: list[Tensor], tokens_per_frame: int) -> RopedKeys:
+    def like(cls, unroped: list[Tensor], tokens_per_frame: int,
+             rope: Callable[[Tensor, Tensor], Tensor] = apply_rope) -> RopedKeys:
         """Empty roped buffers shaped like the ring's un-roped keys (all slots stale)."""
         slots = unroped[0].shape[1] // tokens_per_frame
-        return cls([torch.zeros_like(k) for k in unroped], tokens_per_frame, [False] * slots)
+        return cls([torch.zeros_like(k) for k in unroped], tokens_per_frame, [False] * slots, rope)
 
     def shift(self, first: int, count: int, keep: int, positions_move: bool) -> None:
         """Mirror the ring's eviction roll: slots ``first+count ..`` move down by ``count``.
@@ -85,7 +89,7 @@ class RopedKeys:
     def write(self, layer: int, first_slot: int, k: Tensor, freqs: Tensor) -> None:
         """Rope un-roped ``k`` ``[B, n * tokens, heads, head_dim]`` into slots from ``first_slot``."""
         t = self.tokens_per_frame
-        self.keys[layer][:, first_slot * t : first_slot * t + k.shape[1]] = apply_rope(k, freqs)
+        self.keys[layer][:, first_slot * t : first_slot * t + k.shape[1]] = self.rope(k, freqs)
 
     def memory_keys(self, layer: int, memory: object, k: Tensor, freqs: Tensor) -> Tensor:
         """The retrieved frames' keys of ``layer`` roped with ``freqs``, once per ``memory`` object.
@@ -96,5 +100,5 @@ class RopedKeys:
         if memory is not self._memory:
             self._memory, self._memory_keys = memory, [None] * len(self.keys)
         if self._memory_keys[layer] is None:
-            self._memory_keys[layer] = apply_rope(k, freqs)
+            self._memory_keys[layer] = self.rope(k, freqs)
         return self._memory_keys[layer]

@@ -18,8 +18,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from lrag.nets.attention import SdpaBackend, apply_rope, attention, check_sdpa_backend, grid_positions, rope_freqs, \
-    sdpa_backend
+from lrag.nets.attention import SdpaBackend, apply_rope, attention, check_sdpa_backend, fused_rope, grid_positions, \
+    rope_freqs, sdpa_backend
 from lrag.nets.kv_cache import EvictedKV, KVCache, MemoryKV
 from lrag.nets.policy import AttentionPolicy
 
@@ -279,13 +279,16 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
+        self.compiled = False
         if compiled:
             self.compile_blocks()
 
     def compile_blocks(self, **options: object) -> None:
-        """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``)."""
+        """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``);
+        caches made afterwards rope with one fused kernel (:func:`~lrag.nets.attention.fused_rope`)."""
         for block in self.blocks:
             block.compile_halves(**options)
+        self.compiled = True
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(h, w)`` of one latent frame; raises if the size does not divide."""
@@ -316,6 +319,7 @@ class CausalWanModel(nn.Module):
             policy, cfg.num_layers, batch, self.token_grid(height, width), cfg.num_heads, cfg.head_dim,
             dtype, device, cfg.rope_theta, on_evict, reference_cpu_alias,
             self.rope_cache if rope_cache is None else rope_cache,
+            fused_rope if self.compiled else apply_rope,
         )
 
     def _embed(self, x: Tensor, t: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

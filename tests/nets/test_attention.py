@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lrag.nets.attention import apply_rope, grid_positions, rope_freqs, rope_table
+from lrag.nets.attention import apply_rope, fused_rope, grid_positions, rope_freqs, rope_table
 from lrag.nets.kv_cache import KVCache, MemoryKV
 from lrag.nets.policy import AttentionPolicy
 
@@ -104,3 +104,22 @@ def test_attended_length_is_constant_native_vs_rag() -> None:
         lengths[k_mem] = plan.k_freqs.shape[0] + (0 if plan.mem_freqs is None else plan.mem_freqs.shape[0])
     # native: sink + 7 local; RAG: sink + 2 retrieved + 5 local; 2 tokens per frame.
     assert lengths == {0: 16, 2: 16}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_real_arithmetic_rope_has_the_complex_products_bits(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3 * 12, 4, 24, generator=gen).to(dtype)
+    freqs = rope_freqs(grid_positions(torch.arange(5, 8), 3, 4), 24)
+    pairs = torch.view_as_complex(x.to(torch.float64).unflatten(-1, (-1, 2)).contiguous())
+    complex_product = torch.view_as_real(pairs * freqs).flatten(3).to(dtype)
+    assert torch.equal(apply_rope(x, freqs), complex_product)
+
+
+@pytest.mark.slow  # one Inductor compile on CPU (~10 s)
+def test_fused_rope_equals_eager_for_changing_lengths() -> None:
+    gen = torch.Generator().manual_seed(1)
+    for frames in (2, 5):  # dynamic shapes: the second length must not need another kernel to be right
+        x = torch.randn(1, frames * 12, 4, 24, generator=gen).to(torch.bfloat16)
+        freqs = rope_freqs(grid_positions(torch.arange(frames), 3, 4), 24)
+        assert torch.equal(fused_rope(x, freqs), apply_rope(x, freqs))

@@ -134,3 +134,59 @@ def test_attention_backend_rejects_unknown_names(model) -> None:
     with pytest.raises(ValueError, match="attention_backend='fast'"):
         _causal_call(model)
     model.attention_backend = "auto"
+
+
+def _gap_rollout(rope_cache: bool, blocks: int = 8, f: int = 2) -> tuple[list[bool], list, torch.Tensor]:
+    """RAG blocks (replace budget, window 6 = sink 1 + 2 retrieved + 3 local) on a fixed clip."""
+    torch.manual_seed(0)
+    net = build_tiny(num_layers=2)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, blocks * f, 16, 4, 4, generator=gen)
+    ctx = torch.randn(1, 4, 32, generator=gen)
+    memory = RetrievalMemory(2, 0, kv_tier="device")
+    cache = net.new_cache(AttentionPolicy(6, 1, 2, "replace"), 1, 4, 4, on_evict=memory.store, rope_cache=rope_cache)
+    in_gap, outs = [], []
+    for j in range(blocks):
+        mem = memory.gather(memory.retrieve(j * f), "cpu")
+        clean = x[:, j * f : (j + 1) * f]
+        memory.describe(clean)
+        for t in (1000.0, 0.0):
+            plan_calls = []
+            begin = cache.begin
+            cache.begin = lambda *a, **kw: plan_calls.append(begin(*a, **kw)) or plan_calls[-1]
+            outs.append(net(clean, torch.full((1, f), t), ctx, cache, j * f, mem))
+            del cache.begin
+            in_gap.append(plan_calls[0].memory_in_gap)
+    return in_gap, memory._pool, torch.cat(outs, dim=1)
+
+
+def test_full_memory_sits_in_the_gap_and_the_ring_keeps_its_own_values() -> None:
+    gap_flags, pool_gap, out_gap = _gap_rollout(True)
+    plain_flags, pool_plain, out_plain = _gap_rollout(False)
+    assert not any(plain_flags)  # the path without the RoPE cache concatenates
+    assert gap_flags[:4] == [False] * 4 and all(gap_flags[-6:])  # once 2 frames can be retrieved
+    assert torch.equal(out_gap, out_plain)
+    # Evicted frames hand over the ring's own values, not the retrieved frames put in their slots.
+    assert len(pool_gap) == len(pool_plain) > 2
+    for a, b in zip(pool_gap, pool_plain):
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+
+
+def test_a_forward_without_memory_restores_the_gap(model) -> None:
+    memory = RetrievalMemory(2, 0, kv_tier="device")
+    cache = model.new_cache(AttentionPolicy(6, 1, 2, "replace"), 1, 4, 4, on_evict=memory.store, rope_cache=True)
+    gen = torch.Generator().manual_seed(4)
+    x, ctx = torch.randn(1, 2, 16, 4, 4, generator=gen), torch.randn(1, 4, 32, generator=gen)
+    for j in range(5):
+        memory.describe(x)
+        model(x, torch.zeros(1, 2), ctx, cache, 2 * j, memory.gather(memory.retrieve(2 * j), "cpu"))
+    before = [layer.v.clone() for layer in cache.layers]
+    mem = memory.gather(memory.retrieve(10), "cpu")
+    model(x, torch.zeros(1, 2), ctx, cache, 10, mem)
+    t = cache.tokens_per_frame
+    assert cache._gap is not None  # the retrieved values sit in slots 1-2 now
+    assert not torch.equal(cache.layers[0].v[:, t : 3 * t], before[0][:, 3 * t : 5 * t])
+    model(x, torch.zeros(1, 2), ctx, cache, 10, None)  # e.g. a re-cache pass after a prompt switch
+    assert cache._gap is None
+    for layer, old in zip(cache.layers, before):  # slots 1-2 hold the ring's frames again (shifted by 2)
+        assert torch.equal(layer.v[:, t : 3 * t], old[:, 3 * t : 5 * t])

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lrag.memory.bank import RetrievalMemory
+from lrag.nets.attention import apply_rope, fused_rope
 from lrag.nets.policy import AttentionPolicy
 from lrag.nets.wan import build_tiny, tiny_config
 from lrag.nets.wan import PRESETS, CausalWanModel, WanConfig
@@ -106,6 +107,7 @@ def test_compiled_blocks_match_eager_over_two_cached_blocks() -> None:
     outs = []
     for model in (eager, compiled):
         cache = model.new_cache(AttentionPolicy(6, 1, 0), 2, 4, 4)
+        assert cache.rope is (fused_rope if model is compiled else apply_rope)
         outs.append([model(x[:, i:i + 3], t, ctx, cache, i) for i in (0, 3)])
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
