@@ -111,19 +111,20 @@ def rope_table(max_positions: int, head_dim: int, theta: float = 10000.0) -> Ten
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate adjacent real pairs ``(2i, 2i+1)`` of ``x`` in float64.
 
-    Written as real arithmetic on ``(cos, sin)`` rather than a complex product so that
-    ``torch.compile`` can fuse it (:func:`fused_rope`; Inductor has no complex dtype); the
-    bits equal the complex product's (``tests/nets/test_attention.py``).
-
     Args:
         x: ``[B, L, heads, head_dim]``.
         freqs: ``[L, 1, head_dim // 2]`` or ``[B, L, 1, head_dim // 2]`` complex128 from
             :func:`rope_freqs`.
     """
-    return _rope_real(x, torch.view_as_real(freqs))
+    b, n, h, d = x.shape
+    xc = torch.view_as_complex(x.to(torch.float64).reshape(b, n, h, d // 2, 2))
+    return torch.view_as_real(xc * freqs).flatten(3).type_as(x)
 
 
 def _rope_real(x: Tensor, cos_sin: Tensor) -> Tensor:
+    # The complex product of apply_rope in real arithmetic: Inductor has no complex dtype. Eager,
+    # it is slower than the complex kernel (more passes over float64 temporaries), so only the
+    # compiled twin uses it; the bits are the same (tests/nets/test_attention.py).
     pairs = x.to(torch.float64).unflatten(-1, (-1, 2))
     a, b = pairs[..., 0], pairs[..., 1]
     cos, sin = cos_sin[..., 0], cos_sin[..., 1]
