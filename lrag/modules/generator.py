@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import re
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -37,7 +38,7 @@ from lrag.memory.schema import RunInfo
 from lrag.memory.store import MemoryStore
 from lrag.runs.lifecycle import (check_new_run_folder, claim_run_folder, compact_after_run, mark_failed,
                                  open_resumed_run)
-from lrag.runs.outputs import RunOutputs
+from lrag.runs.outputs import RunOutputs, preload_plotting
 from lrag.runs.persist import BlockPersister, hand_over
 from lrag.runs.progress import progress_bar
 from lrag.runs.resume import VideoRun
@@ -344,6 +345,7 @@ class GeneratorModule(L.LightningModule):
         store, hp, p = self._store, self.hparams, self.prefix
         writer: BlockWriter | None = None
         try:
+            preload_plotting()  # imported while the GPU samples, not after the last block
             sampler = ARSampler(self.backbone, self.schedule, self.memory, self.sampling)
             noise = SeededNoise(run.seed, 1, self.channels, hp.height, hp.width, hp.frames_per_block)
             context, switch = self._encode(run.schedule or [{"frame": 0, "prompt": run.prompt}])
@@ -360,8 +362,15 @@ class GeneratorModule(L.LightningModule):
                 writer.flush()  # the last blocks are durable (or their failure is raised) here
             wall = time.perf_counter() - persister.started
             retrievals = store.retrievals(run.run_id).to_pydict()
-            run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
-                               hp.frames_per_block)
+            # Every block row is written: merge the store's fragments while the clip and plot
+            # are written (compaction commits like any write, retried on conflicts).
+            compaction = threading.Thread(target=compact_after_run, args=(store,), name="lrag-compact")
+            compaction.start()
+            try:
+                run.outputs.finish(latents[0], retrievals, hp.num_frames // hp.frames_per_block,
+                                   hp.frames_per_block)
+            finally:
+                compaction.join()
             store.set_status(run.run_id, "complete")
         except BaseException:  # KeyboardInterrupt too: no run stays "running" without a writer
             try:
@@ -376,7 +385,6 @@ class GeneratorModule(L.LightningModule):
                 writer.close()
             if run.lease is not None:
                 run.lease.release()
-        compact_after_run(store)
         self.run_stats.append({"run_id": run.run_id, "frames": run.frames_done, "seconds": wall,
                                "frames_per_s": run.frames_done / max(wall, 1e-9),
                                "persisted_at": [t - persister.started for t in persister.done_at]})

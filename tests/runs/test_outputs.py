@@ -64,3 +64,13 @@ def test_png_preview_is_small_png():
     frame = np.random.default_rng(0).integers(0, 255, (128, 96, 3), dtype=np.uint8)
     image = Image.open(io.BytesIO(png_preview(frame, max_side=32)))
     assert image.format == "PNG" and max(image.size) == 32 and image.size == (24, 32)
+
+
+def test_preload_plotting_imports_matplotlib_headless():
+    import sys
+
+    from lrag.runs.outputs import preload_plotting
+
+    preload_plotting().join(timeout=60)
+    assert "matplotlib.pyplot" in sys.modules
+    assert sys.modules["matplotlib"].get_backend().lower() == "agg"
