@@ -102,7 +102,7 @@ def build_backbone(args: argparse.Namespace, device: torch.device, dtype: torch.
 
 
 def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, compile_blocks: bool = False,
-                  compile_mode: str = "default") -> torch.nn.Module:
+                  compile_mode: str = "default", fp8: bool = False) -> torch.nn.Module:
     """Random-weight ``CausalWanModel`` of ``cfg`` built on the meta device, then materialised in place.
 
     Initialising on the target device in the target dtype avoids a 5.7 GB fp32 CPU copy
@@ -112,7 +112,7 @@ def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, comp
     from lrag.nets.wan import CausalWanModel
 
     with torch.device("meta"):
-        model = CausalWanModel(cfg)
+        model = CausalWanModel(cfg, fp8=fp8)
     model = model.to_empty(device=device).to(dtype).eval().requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -125,6 +125,8 @@ def init_backbone(cfg, device: torch.device, dtype: torch.dtype, seed: int, comp
                 p.zero_()
             else:  # norm gains
                 p.fill_(1.0)
+    if fp8:
+        model.refresh_fp8()  # the weights were set in place after the FP8 copies were planned
     if compile_blocks:
         # Every block minus its self-attention call: the KV cache's slicing stays eager (it
         # changes until the window is full and would recompile); the halves have one shape.

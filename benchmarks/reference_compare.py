@@ -13,6 +13,9 @@ text embeddings ``[1, 512, 4096]``, 832x480 (60x104 latents), 3 frames per block
   row with our ``torch.compile`` option (every block minus its self-attention call). Our speed
   knobs (``--sdpa-backend``, ``--rope-cache``) give one row of ours per value (``ours[cudnn]``);
   the reference keeps its own attention path.
+* ``--fp8`` adds rows of ours with ``CausalWanModel(fp8=True)`` (e4m3 block matmuls; with
+  ``--compile`` also compiled), same weights, and reports each one's final-latent relative L2
+  error against its bf16 twin (``fp8_rel_err``).
 * ``--reference-lora R`` adds a row: the reference with its own peft LoRA of rank R unmerged on
   every block Linear, as its ``inference.py`` runs the LongLive config (R = 256); we merge LoRA
   at load time, so this is the reference as shipped.
@@ -76,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="add rows: ours with torch.compile of every block minus its self-attention call")
     p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
+    p.add_argument("--fp8", action="store_true",
+                   help="add rows: ours with FP8 (e4m3) block matmuls, and their output error against bf16")
     p.add_argument("--sdpa-backend", nargs="+", default=["auto"],
                    choices=["auto", "flash", "cudnn", "efficient", "math"],
                    help="our CausalWanModel.attention_backend; one row of ours per value")
@@ -159,8 +164,10 @@ def ours_row(name: str, model: torch.nn.Module, context: torch.Tensor, args, mod
     return Row(name, run)
 
 
-def measure(row: Row, frames: int, repeat: int, args, device: torch.device) -> dict:
-    """One timed call; failures become the record's status."""
+def measure(row: Row, frames: int, repeat: int, args, device: torch.device,
+            keep: dict[str, torch.Tensor] | None = None) -> dict:
+    """One timed call; failures become the record's status. ``keep`` collects each row's latents
+    (first repeat) for the FP8 error."""
     record = {"row": row.name, "frames": frames, "repeat": repeat}
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -179,6 +186,8 @@ def measure(row: Row, frames: int, repeat: int, args, device: torch.device) -> d
     blocks = [seconds_between(a, b) for a, b in zip(marks, marks[1:])]
     elapsed = seconds_between(marks[0], end)
     finite = bool(torch.isfinite(latents).all())
+    if keep is not None and row.name not in keep:
+        keep[row.name] = latents.float().cpu()
     record.update({
         "wall_s": wall, "timed_s": elapsed, "frames_per_s": frames / elapsed, "blocks": len(blocks),
         "block_ms_first5": 1e3 * statistics.fmean(blocks[:EDGE_BLOCKS]),
@@ -190,6 +199,16 @@ def measure(row: Row, frames: int, repeat: int, args, device: torch.device) -> d
     })
     log.info("%s: %.2f latent frames/s", row.name, record["frames_per_s"])
     return record
+
+
+def fp8_errors(latents: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per FP8 row, the relative L2 error of its final latents against its bf16 twin's."""
+    errors = {}
+    for name, got in latents.items():
+        twin = latents.get(name.replace("-fp8", ""))
+        if "-fp8" in name and twin is not None:
+            errors[name] = float((got - twin).norm() / twin.norm())
+    return errors
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -243,6 +262,8 @@ def markdown(result: dict) -> str:
                          f"(per repeat): {verdict} the >= {TARGET}x target.")
         else:  # a variant of the reference (LoRA unmerged, as its inference.py runs)
             lines.append(f"- {name}: {s['frames_per_s_mean']:.2f} latent frames/s, {ratios}x the plain reference.")
+    for name, err in result.get("fp8_rel_err", {}).items():
+        lines.append(f"- {name}: final latents' relative L2 error against its bf16 twin {err:.4f}.")
     return "\n".join(lines) + "\n"
 
 
@@ -260,6 +281,13 @@ def build_rows(args, device: torch.device, dtype: torch.dtype) -> tuple[list[Row
     if args.compile:  # same seed: same weights
         compiled = init_backbone(cfg, device, dtype, args.seed, compile_blocks=True, compile_mode=args.compile_mode)
         rows += [ours_row("ours-compile" + m.variant, compiled, context, args, m) for m in ours_modes]
+    if args.fp8:
+        fp8 = init_backbone(cfg, device, dtype, args.seed, fp8=True)
+        rows += [ours_row("ours-fp8" + m.variant, fp8, context, args, m) for m in ours_modes]
+        if args.compile:
+            fp8c = init_backbone(cfg, device, dtype, args.seed, compile_blocks=True, compile_mode=args.compile_mode,
+                                 fp8=True)
+            rows += [ours_row("ours-compile-fp8" + m.variant, fp8c, context, args, m) for m in ours_modes]
     if args.reference_lora:
         from utils.lora_utils import configure_lora_for_model  # the reference's own (peft)
 
@@ -291,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             row.run(args.warmup_blocks * args.frames_per_block, args.seed + 1)
         sync(device)
+    kept: dict[str, torch.Tensor] = {}
     for repeat in range(args.repeats):
         for row in rows if repeat % 2 == 0 else rows[::-1]:  # alternate so drift hits every row alike
-            result["runs"].append(measure(row, args.frames, repeat, args, device))
+            result["runs"].append(measure(row, args.frames, repeat, args, device, kept))
             result["summary"] = summarise(result["runs"])
+            result["fp8_rel_err"] = fp8_errors(kept)
             write_json(args.json, result)
     print(markdown(result), flush=True)
     return 0 if all(r["status"] == "ok" for r in result["runs"]) else 1

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from lrag.nets.attention import SdpaBackend, apply_rope, attention, check_sdpa_backend, fused_rope, grid_positions, \
     rope_freqs, sdpa_backend
+from lrag.nets.fp8 import Float8Linear, convert_linears
 from lrag.nets.kv_cache import EvictedKV, KVCache, MemoryKV
 from lrag.nets.policy import AttentionPolicy
 
@@ -257,6 +258,10 @@ class CausalWanModel(nn.Module):
             ``flash``, ``cudnn``, ``efficient`` or ``math``; a speed knob, no weights change.
         rope_cache: Caches made by :meth:`new_cache` keep keys roped once, when written
             (:mod:`lrag.nets.rope_cache`): bit-identical outputs, one more K buffer of the window.
+        fp8: Multiply the blocks' projections and FFN in FP8 (e4m3, per-channel weight and
+            per-token activation scales; :mod:`lrag.nets.fp8`): an inference speed option for
+            Hopper GPUs with its own output error (BENCHMARKS.md). Weights and checkpoints stay
+            full precision; after changing weights in place call :meth:`refresh_fp8`.
         compiled: ``torch.compile`` every block around its self-attention call
             (:meth:`compile_blocks`): a GPU speed knob (1.4x native frames/s on an H200 at full
             size, BENCHMARKS.md); the first blocks of a run pay the compile time, and fused
@@ -265,7 +270,7 @@ class CausalWanModel(nn.Module):
 
     def __init__(self, config: WanConfig | None = None, preset: str | None = None,
                  attention_backend: SdpaBackend = "auto", rope_cache: bool = True,
-                 compiled: bool = False) -> None:
+                 compiled: bool = False, fp8: bool = False) -> None:
         super().__init__()
         if (config is None) == (preset is None):
             raise ValueError("CausalWanModel: give exactly one of `config` (a WanConfig) or `preset` "
@@ -279,9 +284,19 @@ class CausalWanModel(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
+        self.fp8 = fp8
+        if fp8:
+            for block in self.blocks:
+                convert_linears(block)
         self.compiled = False
         if compiled:
             self.compile_blocks()
+
+    def refresh_fp8(self) -> None:
+        """Re-quantise the FP8 copies of the weights (``fp8=True``) after they changed in place."""
+        for module in self.modules():
+            if isinstance(module, Float8Linear):
+                module.refresh()
 
     def compile_blocks(self, **options: object) -> None:
         """``torch.compile`` every block except its self-attention call (see ``WanBlock.compile_halves``);

@@ -167,3 +167,11 @@ def test_our_rows_follow_the_speed_knobs(bench, capsys) -> None:
     with pytest.raises(SystemExit):
         compare.parse_args(["--reference", "x", "--compile", "--sdpa-backend", "auto", "cudnn"])
     assert "one process per backend" in capsys.readouterr().err
+
+
+def test_fp8_rows_are_compared_with_their_bf16_twins(bench) -> None:
+    compare = bench[2]
+    base = torch.ones(2, 3)
+    errors = compare.fp8_errors({"ours[cudnn]": base, "ours-fp8[cudnn]": base * 1.1,
+                                 "ours-compile": base, "ours-compile-fp8": base, "reference": base * 3})
+    assert errors == pytest.approx({"ours-fp8[cudnn]": 0.1, "ours-compile-fp8": 0.0})
