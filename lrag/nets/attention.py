@@ -18,8 +18,8 @@ from einops import repeat
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["SDPA_BACKENDS", "SdpaBackend", "apply_rope", "attention", "check_sdpa_backend", "fused_rope", "grid_positions",
-           "offset_grid_positions", "rope_freqs", "rope_table", "sdpa_backend"]
+__all__ = ["SDPA_BACKENDS", "SdpaBackend", "apply_rope", "attention", "check_sdpa_backend", "fused_rope",
+           "grid_positions", "offset_grid_positions", "rope_freqs", "rope_table", "sdpa_backend"]
 
 SdpaBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
 #: ``attention_backend`` names: ``auto`` lets SDPA pick per call (flash first on CUDA).
@@ -137,9 +137,9 @@ _fused_rope_fn = None
 def fused_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """:func:`apply_rope` as one compiled kernel (bf16 in, float64 maths, bf16 out).
 
-    Eager RoPE materialises x in float64 and a complex product: about 40 bytes of traffic per
-    element against 4 here; at Wan-1.3B size that is ~20 ms per block on an H200. Shapes are
-    dynamic (the roped length changes between queries, retrieved frames and re-roped runs).
+    Eager RoPE materialises x in float64 and a complex product: about 40 bytes of memory
+    traffic per element against 4 here (bf16 in and out). Shapes are dynamic (the roped length
+    changes between queries, retrieved frames and re-roped runs).
     """
     global _fused_rope_fn
     if _fused_rope_fn is None:

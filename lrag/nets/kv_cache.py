@@ -17,8 +17,8 @@ With the RoPE cache and the ``replace`` budget, the K ring slots between the sin
 attended local frames (the slots that budget reserves for retrieved frames) are exactly as
 many as the retrieved frames once the memory is full. Those frames are then placed *in* the
 gap, so ``[sink | retrieved | local]`` is one contiguous run of slots and attention reads
-views instead of concatenating 2 x window frames of K/V in every layer of every call (on an
-H200 at Wan-1.3B size that concatenation alone cost about 10 ms per block). The retrieved
+views instead of concatenating 2 x window frames of K/V in every layer of every call (at
+Wan-1.3B size about 35 GB of copies per block). The retrieved
 keys go into the roped buffer's gap; the ring's own values of the gap frames are set aside
 once per block and put back before the ring is next read (eviction, a forward without them).
 """
