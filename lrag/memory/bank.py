@@ -1,4 +1,4 @@
-"""RetrievalMemory: frame descriptors, the evicted-frame pool and where its KV lives.
+"""RetrievalMemory: the evicted-frame pool, its search and where its KV lives.
 
 The KV cache hands every evicted frame's un-roped K/V to :meth:`RetrievalMemory.store`;
 at the start of a block :meth:`retrieve` picks the top-K older frames by cosine
@@ -21,6 +21,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from lrag.memory.descriptors import FrameDescriptors
 from lrag.memory.key_descriptor import GeneratorKeys
 from lrag.memory.kv_store import OffloadedKV, PlannedRetrieval, host_copy
 from lrag.memory.ranking import RankRule
@@ -152,8 +153,8 @@ class RetrievalMemory:
         self.rule = RankRule(descriptor, memory_size, diversity, rerank, key_fusion, sequence)
         uses_keys = self.rule.uses_keys
         self.generator_keys = GeneratorKeys(key_layers or [-1], key_query, key_per_head) if uses_keys else None
+        self._described = FrameDescriptors(descriptor, embedder_path, self.generator_keys)
         self.kv_order = "rank"
-        self.embedder: nn.Module | None = None
         self._rebuilt = RecomputedKV()
         self.first_candidate = 0
         budget = None if host_budget_gib is None else int(host_budget_gib * 2**30)
@@ -163,9 +164,7 @@ class RetrievalMemory:
     # -- lifecycle ---------------------------------------------------------------------
     def reset(self) -> None:
         """Forget all frames (start of a new video)."""
-        self._descriptors: list[Tensor] = []  # per frame [B, D]
-        self._key_desc: list[Tensor] = []  # per frame [B, D'] generator keys (gen_keys / rerank)
-        self._key_query: list[Tensor] = []  # per frame [B, D'] its query side (keys or queries)
+        self._described.reset()
         self._pool_frames: list[int] = []  # global frame index per pool entry, chronological
         self._pool: list[_Stored] = []
         self._last_evicted = -1
@@ -179,7 +178,7 @@ class RetrievalMemory:
 
     def set_embedder(self, embedder: nn.Module) -> None:
         """Use an in-memory embedder (must have ``encode([N,C,H,W]) -> [N,D]``)."""
-        self.embedder = embedder.eval()
+        self._described.set_embedder(embedder)
 
     def exclude_before(self, frame: int) -> None:
         """Never keep frames with a global index below ``frame`` as candidates.
@@ -215,17 +214,12 @@ class RetrievalMemory:
     def pool_size(self) -> int:
         return len(self._pool)
 
-    # -- descriptors -------------------------------------------------------------------
-    def _load_embedder(self) -> nn.Module:
-        if self.embedder is None:
-            if self.embedder_path is None:
-                raise ValueError("RetrievalMemory(descriptor='ae') needs embedder_path (or set_embedder())")
-            from lrag.checkpoints.embedder import load_embedder
+    # -- descriptors (lrag.memory.descriptors) -------------------------------------------
+    @property
+    def embedder(self) -> nn.Module | None:
+        """The frame embedder of ``descriptor: ae`` (None until loaded or set)."""
+        return self._described.embedder
 
-            self.embedder = load_embedder(self.embedder_path).eval()
-        return self.embedder
-
-    @torch.no_grad()
     def describe(self, frames: Tensor) -> Tensor:
         """Compute and remember one descriptor per frame.
 
@@ -235,28 +229,11 @@ class RetrievalMemory:
         Returns:
             ``[B, f, D]`` descriptors.
         """
-        out = []
-        keys = self.generator_keys.take(frames.shape[1]) if self.generator_keys is not None else None
-        for j in range(frames.shape[1]):  # per frame, as the reference does (batch = B)
-            frame = frames[:, j]
-            if keys is not None:
-                self._key_desc.append(keys[0][:, j].to(frame.device))
-                self._key_query.append(keys[1][:, j].to(frame.device))
-            if self.descriptor == "gen_keys":
-                desc = self._key_desc[-1]
-            elif self.descriptor == "ae":
-                emb = self._load_embedder()
-                p = next(emb.parameters())
-                desc = emb.encode(frame.to(device=p.device, dtype=p.dtype)).to(frame.device)
-            else:
-                desc = frame.mean(dim=(-2, -1))
-            self._descriptors.append(desc)
-            out.append(desc)
-        return torch.stack(out, dim=1)
+        return self._described.describe(frames)
 
     def descriptors(self) -> Tensor:
         """All descriptors so far, ``[B, frames, D]``."""
-        return torch.stack(self._descriptors, dim=1)
+        return self._described.stacked()
 
     # -- the pool ----------------------------------------------------------------------
     def store(self, evicted: EvictedKV) -> None:
@@ -289,7 +266,7 @@ class RetrievalMemory:
         if self.memory_size == 0:
             return None
         eligible = self._num_eligible()
-        if eligible == 0 or not self._descriptors:
+        if eligible == 0 or not len(self._described):
             return None
         scores, idx = self._rank(eligible)
         table = torch.tensor(self._pool_frames[:eligible])
@@ -312,8 +289,8 @@ class RetrievalMemory:
     def _rank(self, eligible: int) -> tuple[Tensor, Tensor]:
         """Scores and indices ``[B, k]`` into the eligible pool (:class:`RankRule`)."""
         frames = self._pool_frames[:eligible]
-        return self.rule.rank(frames, min(self.memory_size, eligible), self._descriptors, self._key_desc,
-                              self._key_query)
+        d = self._described
+        return self.rule.rank(frames, min(self.memory_size, eligible), d.frames, d.keys, d.key_queries)
 
     diversity = property(lambda self: self.rule.diversity, doc="MMR weight of the top-K.")
     rerank = property(lambda self: self.rule.rerank, doc="Shortlist size of the two-stage search, or None.")
@@ -322,7 +299,7 @@ class RetrievalMemory:
 
     # -- early retrieval and prefetch (host/int8 tiers) ----------------------------------------
     def _key(self, query_frame: int) -> tuple[int, int, int]:
-        return (query_frame, len(self._pool), len(self._descriptors))
+        return (query_frame, len(self._pool), len(self._described))
 
     def plan(self, query_frame: int) -> None:
         """Retrieve for the block starting at ``query_frame`` now, ahead of it.
