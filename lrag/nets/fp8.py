@@ -7,8 +7,10 @@ quantised per token at call time (``torch._scaled_mm`` with row-wise scales). Th
 when the layer is built and again whenever a state dict is loaded into the model.
 
 The error is that of 3 mantissa bits: a few percent per matmul, partly averaged out over a
-block (``BENCHMARKS.md`` reports the sampler's output error next to the speed). Only the
-blocks' projections and FFN are converted; embeddings and the head stay in full precision.
+block. Only the blocks' projections and FFN are converted; embeddings and the head stay in
+full precision. Measured at Wan-1.3B size on an H200 (BENCHMARKS.md) it is *slower* than bf16
+(0.72x compiled, 3.8 % output error): the per-token activation quantisation (an amax, a
+division, a cast) costs more than the e4m3 multiply saves on GEMMs of this size.
 """
 
 from __future__ import annotations

@@ -259,9 +259,10 @@ class CausalWanModel(nn.Module):
         rope_cache: Caches made by :meth:`new_cache` keep keys roped once, when written
             (:mod:`lrag.nets.rope_cache`): bit-identical outputs, one more K buffer of the window.
         fp8: Multiply the blocks' projections and FFN in FP8 (e4m3, per-channel weight and
-            per-token activation scales; :mod:`lrag.nets.fp8`): an inference speed option for
-            Hopper GPUs with its own output error (BENCHMARKS.md). Weights and checkpoints stay
-            full precision; after changing weights in place call :meth:`refresh_fp8`.
+            per-token activation scales; :mod:`lrag.nets.fp8`), for Hopper GPUs. At 1.3B size on
+            an H200 it is slower than bf16 (0.72x compiled) with a 3.8 % output error
+            (BENCHMARKS.md). Weights and checkpoints stay full precision; after changing
+            weights in place call :meth:`refresh_fp8`.
         compiled: ``torch.compile`` every block around its self-attention call
             (:meth:`compile_blocks`): a GPU speed knob (1.4x native frames/s on an H200 at full
             size, BENCHMARKS.md); the first blocks of a run pay the compile time, and fused
