@@ -66,6 +66,9 @@ run_step() {
 #   longN    native vs the bounded tiers (LRAG_LONG_TIERS, default "int8:5 host:10") at N frames, e.g. long960
 #   refknobsN    ours (auto, cuDNN SDPA) vs the reference at N frames (needs .devcarry/reference)
 #   refcompileN  the same with our block compile
+#   exactN   native vs the exact tiers (device, host) at N frames with the configs' settings (cuDNN,
+#            compiled blocks + fused RoPE), 2 interleaved repeats: issue 11 target 1
+#   fp8N     ours bf16 vs FP8 (eager and compiled) vs the reference at N frames, with FP8's output error
 #   e2e      lrag predict end to end vs the bare sampler + the <= 24 GB config (LRAG_E2E_REPEATS, default 1)
 #   embedder the frame embedder fit of issue 6
 STEPS=${LRAG_GPU_STEPS:-"tiers$SHORT long$LONG"}
@@ -91,6 +94,16 @@ for step in $STEPS; do
       run_step reference_compare_compile_$n 300 python3 benchmarks/reference_compare.py \
         --reference .devcarry/reference --frames "$n" --repeats 1 --sdpa-backend cudnn --compile \
         --warmup-blocks 2 --json "$OUT/reference_compare_compile_$n.json" ;;
+    exact*)  # ~12 s per run at 120 frames after ~40 s of compiling in the 6 warm-up blocks
+      n=${step#exact}
+      run_step exact_tiers_$n 300 python3 benchmarks/predict_wan.py "${MODEL[@]}" --frames "$n" --modes native rag \
+        --kv-tier device host --sdpa-backend cudnn --compile --warmup-blocks 6 --repeats 2 \
+        --time-budget @TIME_BUDGET@ --json "$OUT/exact_tiers_$n.json" ;;
+    fp8*)
+      n=${step#fp8}
+      run_step reference_compare_fp8_$n 300 python3 benchmarks/reference_compare.py --reference .devcarry/reference \
+        --frames "$n" --repeats 1 --sdpa-backend cudnn --compile --fp8 --warmup-blocks 1 \
+        --json "$OUT/reference_compare_fp8_$n.json" ;;
     e2e)  # lrag predict end to end vs the bare sampler, and the <= 24 GB config (targets 5 and 4)
       run_step predict_e2e 330 python3 benchmarks/predict_e2e.py --repeats "${LRAG_E2E_REPEATS:-1}" \
         --json "$OUT/predict_e2e.json" --out /tmp/e2e ;;
