@@ -131,8 +131,8 @@ class KVCache:
     _pending: EvictedKV | None = field(default=None, repr=False)
     _freq_memo: dict[tuple[int, ...], Tensor] = field(default_factory=dict, repr=False)
     _gap: tuple[int, int, object] | None = field(default=None, repr=False)  # (first slot, end, MemoryKV)
-    _gap_installed: list[bool] = field(default_factory=list, repr=False)  # per layer: memory V in the gap
-    _gap_saved_v: list[Tensor | None] = field(default_factory=list, repr=False)  # the ring's own gap V
+    _gap_saved_v: dict[int, Tensor] = field(default_factory=dict, repr=False)  # per layer: the ring's own gap V
+    _gap_layers: set[int] = field(default_factory=set, repr=False)  # layers whose gap holds retrieved frames
 
     @classmethod
     def empty(
@@ -264,8 +264,6 @@ class KVCache:
                 offsets (bit-identical to the reference).
         """
         is_recompute = start_frame + num_frames <= self.global_end and start_frame > 0
-        if self._gap is not None and self._gap[2] is not memory:
-            self.restore_gap()
         if (offsets is None) != (self.slot_offsets is None) and self.global_end > 0:
             raise ValueError(
                 "KVCache.begin: offsets must be given for every forward of a cache or for none "
@@ -303,18 +301,18 @@ class KVCache:
 
     def _plan_gap(self, plan: AttendPlan, memory: MemoryKV | None) -> None:
         """Put the retrieved frames in the unattended slots between sink and local window when
-        they fill them exactly (``replace`` budget, full memory); see the module docstring."""
-        gap = (plan.sink_slots, plan.local_lo)
-        fits = (plan.mem_freqs is not None and memory is not None and memory.num_frames == gap[1] - gap[0]
-                and plan.write_start >= gap[1])
-        if self._gap is not None and (not fits or self._gap[:2] != gap):
+        they fill them exactly (``replace`` budget, full memory); see the module docstring.
+        Other frames there, or other slots (eviction restores first), give the ring's values back."""
+        first, end = plan.sink_slots, plan.local_lo
+        fits = (plan.mem_freqs is not None and memory is not None and memory.num_frames == end - first
+                and plan.write_start >= end)
+        if self._gap is not None and not (fits and self._gap[:2] == (first, end) and self._gap[2] is memory):
             self.restore_gap()
         if not fits:
             return
         if self._gap is None:
-            self._gap = (*gap, memory)
-            self._gap_installed = [False] * len(self.layers)
-            self.roped.valid[gap[0] : gap[1]] = [False] * (gap[1] - gap[0])  # they will hold retrieved keys
+            self._gap = (first, end, memory)
+            self.roped.valid[first:end] = [False] * (end - first)  # they will hold retrieved keys
         plan.memory_in_gap = True
 
     def restore_gap(self) -> None:
@@ -323,25 +321,22 @@ class KVCache:
             return
         first, end, _ = self._gap
         t = self.tokens_per_frame
-        for layer, installed in enumerate(self._gap_installed):
-            if installed:
-                self.layers[layer].v[:, first * t : end * t] = self._gap_saved_v[layer][:, : (end - first) * t]
-        self._gap, self._gap_installed = None, []
+        for layer in self._gap_layers:
+            self.layers[layer].v[:, first * t : end * t] = self._gap_saved_v[layer]
+        self._gap, self._gap_layers = None, set()
 
     def _install_gap(self, layer: int, memory: MemoryKV, freqs: Tensor) -> None:
         """Layer ``layer``'s retrieved keys (roped) and values into the gap slots, the ring's V set aside."""
         first, end, _ = self._gap
         t, buf = self.tokens_per_frame, self.layers[layer]
-        n = (end - first) * t
-        if len(self._gap_saved_v) != len(self.layers):
-            self._gap_saved_v = [None] * len(self.layers)
-        saved = self._gap_saved_v[layer]
-        if saved is None or saved.shape[1] < n:
-            saved = self._gap_saved_v[layer] = torch.empty_like(buf.v[:, :n])
-        saved[:, :n] = buf.v[:, first * t : end * t]
-        buf.v[:, first * t : end * t] = memory.v[layer]
+        own = buf.v[:, first * t : end * t]
+        saved = self._gap_saved_v.get(layer)
+        if saved is None or saved.shape != own.shape:  # one buffer per layer, reused every block
+            saved = self._gap_saved_v[layer] = torch.empty_like(own)
+        saved.copy_(own)
+        own.copy_(memory.v[layer])
         self.roped.write(layer, first, memory.k[layer], freqs)
-        self._gap_installed[layer] = True
+        self._gap_layers.add(layer)
 
     def _plan_rerope(self, plan: AttendPlan, attended: list[int]) -> None:
         """Stale attended slots that this forward does not write get re-roped (once, all layers)."""
@@ -456,7 +451,7 @@ class KVCache:
         sink, lo, hi = plan.sink_slots * t, plan.local_lo * t, plan.local_end * t
         with_memory = plan.mem_freqs is not None and memory is not None
         if plan.memory_in_gap:
-            if not self._gap_installed[layer]:
+            if layer not in self._gap_layers:
                 self._install_gap(layer, memory, plan.mem_freqs)
             return attention(q, keys[:, :hi], buf.v[:, :hi])
         if not with_memory and lo == sink:

@@ -93,14 +93,20 @@ def test_native_and_rag_agree_while_attending_the_same_frames(golden: dict, gold
     assert (outs[0][:, 6:] - outs[2][:, 6:]).abs().max() > 1e-3
 
 
+def _eager_and_compiled(seed: int) -> tuple[CausalWanModel, CausalWanModel]:
+    """A tiny eager model and its ``compiled=True`` twin with the same weights."""
+    torch.manual_seed(seed)
+    eager = build_tiny(num_layers=2).eval()
+    compiled = CausalWanModel(eager.config, compiled=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    return eager, compiled
+
+
 @pytest.mark.slow
 @torch.no_grad()
 def test_compiled_blocks_match_eager_over_two_cached_blocks() -> None:
     """``compiled=True`` (inductor on CPU) gives the eager outputs up to fused-kernel rounding."""
-    torch.manual_seed(3)
-    eager = build_tiny(num_layers=2).eval()
-    compiled = CausalWanModel(eager.config, compiled=True).eval()
-    compiled.load_state_dict(eager.state_dict())
+    eager, compiled = _eager_and_compiled(seed=3)
     assert all(block._compiled is not None for block in compiled.blocks)
     x, ctx = torch.randn(2, 6, 16, 4, 4), torch.randn(2, 5, 32)
     t = torch.full((2, 3), 400.0)
@@ -117,10 +123,7 @@ def test_compiled_blocks_match_eager_over_two_cached_blocks() -> None:
 @torch.no_grad()
 def test_compiled_model_samples_with_retrieval_like_eager() -> None:
     """Compiled blocks + fused RoPE + retrieved frames in the ring's gap, against eager."""
-    torch.manual_seed(4)
-    eager = build_tiny(num_layers=2).eval()
-    compiled = CausalWanModel(eager.config, compiled=True).eval()
-    compiled.load_state_dict(eager.state_dict())
+    eager, compiled = _eager_and_compiled(seed=4)
     context = torch.randn(1, 4, eager.config.text_dim, generator=torch.Generator().manual_seed(5))
     outs, records = [], []
     for model in (eager, compiled):
